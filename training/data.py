@@ -1,0 +1,127 @@
+"""CamVid reader and GPU/CPU batch augmentation that keeps images and labels aligned.
+
+The whole split fits in memory (367 frames of 360x480x3 uint8 = 190 MB), so the reader loads
+it once into tensors and the augmentation runs on batches on the training device: no worker
+processes fighting the training loop for the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from engines.labels import CAMVID_VOID
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(RuntimeError):
+    """The dataset folder is missing or incomplete; the message says where it was looked for."""
+
+
+class CamVid:
+    """One split of ../shared/data/camvid: <split>/*.png images and <split>annot/*.png labels."""
+
+    def __init__(self, root: Path, split: str):
+        self.root = Path(root)
+        self.split = split
+        image_dir, label_dir = self.root / split, self.root / f"{split}annot"
+        if not image_dir.is_dir() or not label_dir.is_dir():
+            raise DatasetError(f"CamVid split {split!r} not found: expected {image_dir} and "
+                               f"{label_dir} (pass --data pointing at the camvid folder)")
+        self.image_paths = sorted(image_dir.glob("*.png"))
+        self.label_paths = [label_dir / p.name for p in self.image_paths]
+        missing = [p for p in self.label_paths if not p.exists()]
+        if not self.image_paths or missing:
+            raise DatasetError(f"CamVid split {split!r} in {self.root} is empty or lacks labels "
+                               f"({len(missing)} missing)")
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def load_images(self, limit: int | None = None) -> np.ndarray:
+        """uint8 BGR [N, H, W, 3] (OpenCV order, the model contract's order)."""
+        return np.stack([cv2.imread(str(p), cv2.IMREAD_COLOR) for p in self.image_paths[:limit]])
+
+    def load_labels(self, limit: int | None = None) -> np.ndarray:
+        """uint8 class ids [N, H, W]; 11 is void."""
+        return np.stack([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in self.label_paths[:limit]])
+
+
+def load_splits(root: Path, splits: list[str], limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [N, H, W, 3] uint8 BGR and labels [N, H, W] uint8 of several splits, concatenated."""
+    images, labels = [], []
+    for split in splits:
+        dataset = CamVid(root, split)
+        images.append(dataset.load_images(limit))
+        labels.append(dataset.load_labels(limit))
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def class_weights(labels: torch.Tensor, num_classes: int, c: float = 1.02) -> torch.Tensor:
+    """ENet's weighting 1 / ln(c + p_class): rare classes (pedestrian, bicyclist, pole) get up
+    to ~10x the weight of road and sky, bounded unlike plain inverse frequency."""
+    counts = torch.bincount(labels.reshape(-1).long(), minlength=num_classes + 1)[:num_classes]
+    share = counts.double() / counts.sum().clamp(min=1)
+    return (1.0 / torch.log(c + share)).float()
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0-255 scale) of uint8 NHWC images."""
+    pixels = images.reshape(-1, 3).double()
+    return pixels.mean(0).tolist(), pixels.std(0).tolist()
+
+
+def augment_batch(images: torch.Tensor, labels: torch.Tensor, crop: tuple[int, int],
+                  scale_range: tuple[float, float] = (0.5, 2.0),
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random scale, crop (void-padded), horizontal flip and photometric jitter.
+
+    images: uint8 [B, H, W, 3] BGR; labels: uint8 [B, H, W]. Returns uint8 images in the same
+    NHWC layout (the model wrapper's preprocessing is reused) and int64 labels [B, ch, cw].
+    Geometric ops use bilinear for images and nearest for labels so labels stay exact ids.
+    """
+    crop_h, crop_w = crop
+    device = images.device
+    out_images = torch.zeros((len(images), crop_h, crop_w, 3), dtype=torch.uint8, device=device)
+    out_labels = torch.full((len(images), crop_h, crop_w), CAMVID_VOID, dtype=torch.int64, device=device)
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * torch.rand((), generator=generator).item()
+
+    for i in range(len(images)):
+        # Scale: log-uniform so zooming in and out are equally likely.
+        scale = math.exp(uniform(math.log(scale_range[0]), math.log(scale_range[1])))
+        h, w = labels.shape[1:]
+        new_h, new_w = max(8, round(h * scale)), max(8, round(w * scale))
+        image = TF.resize(images[i].permute(2, 0, 1), [new_h, new_w], antialias=scale < 1)
+        label = TF.resize(labels[i][None], [new_h, new_w],
+                          interpolation=TF.InterpolationMode.NEAREST_EXACT)[0]
+        # Crop (pad with void where the scaled frame is smaller than the crop).
+        top = int(uniform(0, max(0, new_h - crop_h)))
+        left = int(uniform(0, max(0, new_w - crop_w)))
+        image = image[:, top:top + crop_h, left:left + crop_w]
+        label = label[top:top + crop_h, left:left + crop_w]
+        if torch.rand((), generator=generator).item() < 0.5:
+            image, label = image.flip(-1), label.flip(-1)
+        # Photometric jitter on RGB order (saturation/hue formulas assume RGB).
+        rgb = image.flip(0)
+        rgb = TF.adjust_brightness(rgb, uniform(0.7, 1.3))
+        rgb = TF.adjust_contrast(rgb, uniform(0.7, 1.3))
+        rgb = TF.adjust_saturation(rgb, uniform(0.7, 1.3))
+        rgb = TF.adjust_hue(rgb, uniform(-0.03, 0.03))
+        ph, pw = label.shape
+        out_images[i, :ph, :pw] = rgb.flip(0).permute(1, 2, 0)
+        out_labels[i, :ph, :pw] = label.long()
+    return out_images, out_labels
+
+
+def iterate_batches(count: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch of shuffled index batches; the last partial batch is dropped (BatchNorm)."""
+    order = torch.randperm(count, generator=generator)
+    return [order[i:i + batch_size] for i in range(0, count - batch_size + 1, batch_size)]

@@ -1,0 +1,129 @@
+"""RoadSegNet: a small real-time segmentation network built for fast CPU and GPU inference.
+
+Design notes (why, not what):
+- Plain 3x3 convolutions with BatchNorm + ReLU only. Depthwise and dilated-depthwise blocks
+  (DABNet, LMFFNet, CGNet) have few FLOPs but run slowly on CPUs and on TensorRT at batch 1,
+  because they are memory-bound; dense 3x3 convs map onto GEMM kernels that run near peak.
+- Resolution drops to 1/4 in two strided convs (like BiSeNetV2's stem), so no layer runs at
+  full or half resolution except those two.
+- A 1/16 context stage with dilated residual blocks and a global-pooling context vector gives a
+  large receptive field cheaply (the 1/16 map is only 23x30 at 360x480).
+- A U-shaped decoder adds the 1/8 and 1/4 features back for thin objects (poles, signs,
+  pedestrians), as PIDNet's detail branch and TwinLiteNet's decoder do.
+- Two auxiliary heads (1/8, 1/16) give deep supervision during training and are not exported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Channel widths of the stages at 1/2, 1/4, 1/8 and 1/16 resolution."""
+
+    widths: tuple[int, int, int, int] = (16, 32, 64, 128)
+    blocks: tuple[int, int, int] = (1, 2, 2)  # residual blocks at 1/4, 1/8, 1/16
+    num_classes: int = 11
+
+
+# Named sizes for the speed/accuracy frontier; "base" is the shipped default.
+CONFIGS: dict[str, NetConfig] = {
+    "small": NetConfig(widths=(16, 24, 48, 96), blocks=(1, 2, 2)),
+    "base": NetConfig(),
+    "large": NetConfig(widths=(24, 48, 80, 160), blocks=(1, 2, 3)),
+}
+
+
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1):
+        padding = dilation * (kernel - 1) // 2
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride, padding, dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class ResidualBlock(nn.Module):
+    """ResNet basic block; the second conv may be dilated to grow the receptive field."""
+
+    def __init__(self, channels: int, dilation: int = 1):
+        super().__init__()
+        self.conv1 = ConvBNReLU(channels, channels)
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, 1, dilation, dilation=dilation, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.conv2(self.conv1(x)))
+
+
+class FuseUp(nn.Module):
+    """Upsample the coarse map to the skip's size, add the projected skip, refine with a 3x3."""
+
+    def __init__(self, coarse: int, skip: int, out: int):
+        super().__init__()
+        self.project_coarse = ConvBNReLU(coarse, out, kernel=1)
+        self.project_skip = ConvBNReLU(skip, out, kernel=1)
+        self.refine = ConvBNReLU(out, out)
+
+    def forward(self, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(self.project_coarse(coarse), size=skip.shape[-2:], mode="bilinear",
+                           align_corners=False)
+        return self.refine(up + self.project_skip(skip))
+
+
+class RoadSegNet(nn.Module):
+    """Encoder-decoder network; forward returns logits at 1/4 resolution (plus aux in training)."""
+
+    def __init__(self, config: NetConfig = NetConfig()):
+        super().__init__()
+        self.config = config
+        w1, w2, w3, w4 = config.widths
+        b2, b3, b4 = config.blocks
+        self.stem = nn.Sequential(ConvBNReLU(3, w1, stride=2), ConvBNReLU(w1, w2, stride=2))
+        self.stage4 = nn.Sequential(*[ResidualBlock(w2) for _ in range(b2)])
+        self.stage8 = nn.Sequential(ConvBNReLU(w2, w3, stride=2),
+                                    *[ResidualBlock(w3) for _ in range(b3)])
+        dilations = [1, 2, 4, 8][:b4]
+        self.stage16 = nn.Sequential(ConvBNReLU(w3, w4, stride=2),
+                                     *[ResidualBlock(w4, d) for d in dilations])
+        self.global_context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(w4, w4, 1),
+                                            nn.ReLU(inplace=True))
+        self.up8 = FuseUp(w4, w3, w3)
+        self.up4 = FuseUp(w3, w2, w2)
+        self.classifier = nn.Conv2d(w2, config.num_classes, 1)
+        self.aux8 = nn.Sequential(ConvBNReLU(w3, w3), nn.Conv2d(w3, config.num_classes, 1))
+        self.aux16 = nn.Sequential(ConvBNReLU(w4, w4), nn.Conv2d(w4, config.num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f4 = self.stage4(self.stem(x))
+        f8 = self.stage8(f4)
+        f16 = self.stage16(f8)
+        f16 = f16 + self.global_context(f16)
+        d8 = self.up8(f16, f8)
+        d4 = self.up4(d8, f4)
+        logits = self.classifier(d4)
+        if self.training:
+            return logits, self.aux8(d8), self.aux16(f16)
+        return logits
+
+
+def build_model(name: str = "base", num_classes: int = 11) -> RoadSegNet:
+    """Build a RoadSegNet of a named size from CONFIGS."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model size {name!r}; choose one of {sorted(CONFIGS)}")
+    base = CONFIGS[name]
+    return RoadSegNet(NetConfig(widths=base.widths, blocks=base.blocks, num_classes=num_classes))
+
+
+def count_parameters(model: nn.Module, include_aux: bool = False) -> int:
+    """Parameters used at inference (auxiliary heads excluded unless asked)."""
+    return sum(p.numel() for n, p in model.named_parameters()
+               if include_aux or not n.startswith(("aux8", "aux16")))
