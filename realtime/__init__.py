@@ -1,0 +1,1 @@
+"""The live application: sources, pipeline threads, rendering, sinks and telemetry."""

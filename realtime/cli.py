@@ -1,0 +1,134 @@
+"""Command line of the live application (`python run.py ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+import engines
+from engines.base import EngineError
+from realtime.pipeline import Pipeline, PipelineError, PipelineOptions
+from realtime.render import parse_class_selection
+from realtime.sinks import MetricsSink, SinkError, VideoSink, Window, display_available
+from realtime.sources import SourceError, open_source
+from realtime.telemetry import format_summary
+
+USER_ERRORS = (EngineError, SourceError, SinkError)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run.py", description="Real-time semantic segmentation of driving video.",
+        epilog="examples:\n  python run.py --camera 0\n  python run.py --video drive.mp4 --save out.mp4\n"
+               "  python run.py --images \"frames/*.png\" --headless --metrics m.jsonl",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_argument_group("input (one of)")
+    inputs = source.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--camera", metavar="INDEX|DEVICE", help="camera index (0) or device path")
+    inputs.add_argument("--video", metavar="FILE", help="video file to replay")
+    inputs.add_argument("--images", metavar="GLOB|DIR", help="image folder or quoted glob")
+    source.add_argument("--pace", choices=["realtime", "all"], default=None,
+                        help="realtime: release frames at the source FPS and drop stale ones "
+                             "(default for cameras); all: process every frame (default for files)")
+    source.add_argument("--fps", type=float, default=None, help="frame rate of an image sequence (30)")
+    source.add_argument("--loop", action="store_true", help="restart a file source at its end")
+    source.add_argument("--max-frames", type=int, default=None, metavar="N")
+    source.add_argument("--camera-size", type=int, nargs=2, metavar=("W", "H"), default=None)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", type=Path, default=engines.DEFAULT_MODEL,
+                       help="model file: .onnx (default: the shipped CamVid model)")
+    model.add_argument("--backend", default="auto", help="auto (by file suffix) or onnxruntime")
+    model.add_argument("--labels", type=Path, default=None,
+                       help="JSON class table for a model without one (see README)")
+    model.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+
+    view = parser.add_argument_group("overlay")
+    view.add_argument("--classes", default="drivable,objects",
+                      help="what to overlay: drivable, objects, background, all, or class names")
+    view.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1")
+    view.add_argument("--no-outline", dest="outline", action="store_false")
+    view.add_argument("--no-hud", dest="hud", action="store_false")
+    view.add_argument("--no-legend", dest="legend", action="store_false")
+
+    out = parser.add_argument_group("output")
+    shows = out.add_mutually_exclusive_group()
+    shows.add_argument("--show", dest="show", action="store_true", default=None,
+                       help="open a window (default when a display exists)")
+    shows.add_argument("--headless", dest="show", action="store_false", help="no window")
+    out.add_argument("--save", type=Path, default=None, metavar="FILE",
+                     help="write the overlaid video (.mp4, .avi, .mkv)")
+    out.add_argument("--metrics", type=Path, default=None, metavar="FILE",
+                     help="one JSON line per frame with stage times and latency")
+    out.add_argument("--summary-json", type=Path, default=None, metavar="FILE",
+                     help="write the end-of-run summary as JSON")
+    out.add_argument("--quiet", action="store_true", help="no summary table")
+    return parser
+
+
+def build_pipeline(args: argparse.Namespace) -> Pipeline:
+    """Open everything that can fail on bad input, before any thread starts."""
+    if not 0.0 <= args.alpha <= 1.0:
+        raise SinkError(f"--alpha {args.alpha} is outside 0..1")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise SourceError("--max-frames must be at least 1")
+    source = open_source(args.video, args.camera, args.images, args.loop, args.fps,
+                         tuple(args.camera_size) if args.camera_size else None)
+    options = {"threads": args.threads, "spin": False} if args.threads else {"spin": False}
+    engine = engines.load(args.model, args.backend, args.labels, **options)
+    try:
+        shown = parse_class_selection(args.classes, engine.info.classes)
+    except ValueError as error:
+        raise EngineError(str(error)) from None
+    pace = args.pace or ("realtime" if source.live else "all")
+    video = VideoSink(args.save, source.fps) if args.save else None
+    metrics = MetricsSink(args.metrics) if args.metrics else None
+    show = display_available() if args.show is None else args.show
+    if show and not display_available():
+        raise SinkError("--show: no display available (no $DISPLAY, or OpenCV built without "
+                        "GUI); use --headless with --save")
+    window = Window(f"roadseg - {source.name}") if show else None
+    options = PipelineOptions(pace=pace, max_frames=args.max_frames, alpha=args.alpha,
+                              shown_ids=shown, outline=args.outline, hud=args.hud,
+                              legend=args.legend)
+    return Pipeline(source, engine, options, video=video, metrics=metrics, window=window)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run, report; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        pipeline = build_pipeline(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop("SIGTERM"))
+    try:
+        summary = pipeline.run()
+    except PipelineError as error:
+        cause = error.__cause__
+        if isinstance(cause, USER_ERRORS):
+            print(f"error: {cause}", file=sys.stderr)
+        else:
+            print(f"error: {error} (traceback below)\n{error.trace}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    summary["stop_reason"] = pipeline.stop_reason
+    if args.summary_json:
+        args.summary_json.write_text(json.dumps(summary, indent=2))
+    if not args.quiet:
+        info = pipeline.engine.info
+        print(f"{info.backend} {info.precision} {info.input_width}x{info.input_height} on "
+              f"{pipeline.source.name}; stopped: {pipeline.stop_reason}", file=sys.stderr)
+        print(format_summary(summary), file=sys.stderr)
+    if pipeline.stop_reason == "interrupted":
+        return EXIT_INTERRUPTED
+    if pipeline.stop_reason == "SIGTERM":
+        return EXIT_TERMINATED
+    return EXIT_OK

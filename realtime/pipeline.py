@@ -1,0 +1,301 @@
+"""The live pipeline: capture thread → inference thread → render thread (→ window on main).
+
+Threading rules (../shared/DESIGN.md):
+- live pacing hands frames over through a one-slot mailbox: the newest frame replaces an
+  unread one and the replacement is counted as a drop, so inference never works on stale
+  frames; `--pace all` uses a small bounded queue with back-pressure instead (nothing dropped);
+- every frame carries its index and a monotonic capture timestamp, so end-to-end latency is
+  measured at the moment the frame is written or handed to the window;
+- a failure in any thread stops all of them and is re-raised on the main thread; sinks are
+  closed on the main thread after the workers have stopped, on every exit path.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from engines.base import Engine
+from realtime.render import Palette, draw_hud, make_legend, overlay, paste_legend
+from realtime.sinks import MetricsSink, VideoSink, Window
+from realtime.sources import Source, SourceError, wait_until
+from realtime.telemetry import RateMeter, RunRecorder, StageTimer
+
+POLL_S = 0.05  # how often blocked threads look at the stop flag: bounds shutdown time
+END = object()  # end-of-stream marker passed down the channels
+
+
+class PipelineError(RuntimeError):
+    """A worker thread failed; `stage` names it and `__cause__` is the original exception."""
+
+    def __init__(self, stage: str, error: BaseException, trace: str):
+        super().__init__(f"{stage} thread failed: {type(error).__name__}: {error}")
+        self.stage = stage
+        self.trace = trace
+
+
+class LatestSlot:
+    """One-slot mailbox: put() replaces an unread item (a drop) and never blocks."""
+
+    def __init__(self) -> None:
+        self._item: Any = None
+        self._full = False
+        self._cond = threading.Condition()
+
+    def put(self, item: Any, stop: threading.Event) -> bool:
+        """Store the item; returns True when it replaced one that was never read."""
+        with self._cond:
+            replaced = self._full
+            self._item, self._full = item, True
+            self._cond.notify()
+            return replaced
+
+    def get(self, timeout: float) -> Any:
+        with self._cond:
+            if not self._full and not self._cond.wait(timeout):
+                return None
+            if not self._full:
+                return None
+            item, self._item, self._full = self._item, None, False
+            return item
+
+
+class BoundedChannel:
+    """Small FIFO with back-pressure: put() blocks while full, waking to check `stop`."""
+
+    def __init__(self, size: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=size)
+
+    def put(self, item: Any, stop: threading.Event) -> bool:
+        while not stop.is_set():
+            try:
+                self._queue.put(item, timeout=POLL_S)
+                return False
+            except queue.Full:
+                continue
+        return False
+
+    def get(self, timeout: float) -> Any:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+@dataclass
+class Packet:
+    """One frame on its way through the pipeline."""
+
+    index: int
+    captured_at: float  # time.perf_counter() when decoded (monotonic)
+    image: np.ndarray  # original resolution, BGR
+    model_input: np.ndarray  # [1, h, w, 3] at the engine's input size
+    dropped: int  # frames dropped by the mailbox so far
+    corrupt: int  # undecodable frames skipped so far
+    capture_fps: float
+    timings: dict[str, float] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    infer_fps: float = 0.0
+
+
+@dataclass
+class PipelineOptions:
+    pace: str = "all"  # "realtime": paced at the source FPS, newest frame wins; "all": every frame
+    max_frames: int | None = None
+    alpha: float = 0.5
+    shown_ids: list[int] = field(default_factory=list)
+    outline: bool = True
+    hud: bool = True
+    legend: bool = True
+    warmup: int = 5
+    queue_size: int = 4
+
+
+class Pipeline:
+    """Runs source → engine → overlay → sinks on three threads until the input ends or stop()."""
+
+    def __init__(self, source: Source, engine: Engine, options: PipelineOptions,
+                 video: VideoSink | None = None, metrics: MetricsSink | None = None,
+                 window: Window | None = None):
+        self.source, self.engine, self.options = source, engine, options
+        self.video, self.metrics, self.window = video, metrics, window
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()  # set by the inference thread after warm-up
+        self.finished = threading.Event()  # set by the render thread after the last frame
+        self.stop_reason = ""
+        self.palette = Palette.build(engine.info.classes, options.shown_ids)
+        self.frames_in = self.channel_in()
+        self.results = BoundedChannel(2)
+        self.to_window = LatestSlot()
+        self.recorder = RunRecorder()
+        self.dropped = 0
+        self._error: PipelineError | None = None
+        self._error_lock = threading.Lock()
+
+    def channel_in(self) -> LatestSlot | BoundedChannel:
+        return LatestSlot() if self.options.pace == "realtime" else BoundedChannel(self.options.queue_size)
+
+    # -- control --------------------------------------------------------------------------
+    def stop(self, reason: str) -> None:
+        """Ask every thread to finish (safe from signal handlers and any thread)."""
+        if not self.stop_event.is_set():
+            self.stop_reason = reason
+        self.stop_event.set()
+
+    def _guarded(self, stage: str, body: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                body()
+            except BaseException as error:  # noqa: BLE001 - any failure must stop the others
+                with self._error_lock:
+                    if self._error is None:
+                        self._error = PipelineError(stage, error, traceback.format_exc())
+                        self._error.__cause__ = error
+                self.stop(f"{stage} failed")
+        return run
+
+    # -- threads --------------------------------------------------------------------------
+    def _capture(self) -> None:
+        height, width = self.engine.info.input_size
+        pace = self.options.pace == "realtime" and not self.source.live
+        self.ready.wait()
+        meter, decode, resize = RateMeter(), StageTimer(), StageTimer()
+        frames = self.source.frames(self.stop_event)
+        start = time.monotonic()
+        index = 0
+        while not self.stop_event.is_set():
+            if self.options.max_frames is not None and index >= self.options.max_frames:
+                break
+            # Pace: a file under --pace realtime is released at its own FPS, like a camera.
+            if pace:
+                wait_until(start + index / self.source.fps, self.stop_event)
+            # Decode the next frame (the source skips and counts undecodable ones).
+            with decode:
+                image = next(frames, None)
+            if image is None:
+                break
+            captured_at = time.perf_counter()
+            # Resize to the engine's input here, so the inference thread only feeds the engine.
+            with resize:
+                model_input = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+            packet = Packet(index, captured_at, image, model_input[None], self.dropped,
+                            self.source.stats.corrupt, meter.tick(captured_at),
+                            {"decode": decode.ms, "resize": resize.ms})
+            # Hand over: the mailbox replaces a stale frame, the queue waits for room.
+            if self.frames_in.put(packet, self.stop_event):
+                self.dropped += 1
+            index += 1
+        if index == 0 and self.source.stats.corrupt and not self.stop_event.is_set():
+            raise SourceError(f"{self.source.name}: none of its {self.source.stats.corrupt} frames "
+                              "could be decoded; check the files")
+        # The end marker may displace the last unread frame: that frame is dropped too.
+        if self.frames_in.put(END, self.stop_event):
+            self.dropped += 1
+
+    def _infer(self) -> None:
+        # Warm-up on this thread: backends that bind a device context per thread (TensorRT
+        # with pycuda) set it up here, and the first slow calls stay out of the measurements.
+        height, width = self.engine.info.input_size
+        blank = np.zeros((1, height, width, 3), np.uint8)
+        for _ in range(self.options.warmup):
+            self.engine.infer(blank)
+        self.ready.set()
+        meter, timer = RateMeter(), StageTimer()
+        while not self.stop_event.is_set():
+            packet = self.frames_in.get(POLL_S)
+            if packet is None:
+                continue
+            if packet is END:
+                self.results.put(END, self.stop_event)
+                return
+            # Queue wait tells whether inference keeps up (it grows when it does not).
+            packet.timings["wait"] = (time.perf_counter() - packet.captured_at) * 1000.0
+            with timer:
+                packet.labels = self.engine.infer(packet.model_input)[0]
+            packet.timings["infer"] = timer.ms
+            packet.infer_fps = meter.tick()
+            self.results.put(packet, self.stop_event)
+
+    def _render(self) -> None:
+        meter, render, write = RateMeter(), StageTimer(), StageTimer()
+        legend = None
+        latency_ewma = 0.0
+        while not self.stop_event.is_set():
+            packet = self.results.get(POLL_S)
+            if packet is None:
+                continue
+            if packet is END:
+                self.finished.set()
+                return
+            # Overlay at the frame's own resolution, then the telemetry text and the legend.
+            with render:
+                frame = overlay(packet.image, packet.labels, self.palette, self.options.alpha,
+                                self.options.outline)
+                if self.options.hud:
+                    draw_hud(frame, [
+                        f"capture {packet.capture_fps:5.1f} FPS   display {meter.fps:5.1f} FPS",
+                        f"infer {packet.infer_fps:5.1f} FPS  {packet.timings['infer']:5.1f} ms",
+                        f"latency {latency_ewma:5.1f} ms   dropped {packet.dropped}",
+                    ])
+                if self.options.legend:
+                    if legend is None:
+                        legend = make_legend(self.engine.info.classes, self.options.shown_ids,
+                                             frame.shape[1])
+                    paste_legend(frame, legend)
+            # Write / show; latency ends when the frame has left the pipeline.
+            with write:
+                if self.video is not None:
+                    self.video.write(frame)
+                if self.window is not None:
+                    self.to_window.put(frame, self.stop_event)
+            packet.timings["render"], packet.timings["write"] = render.ms, write.ms
+            latency = (time.perf_counter() - packet.captured_at) * 1000.0
+            packet.timings["latency"] = latency
+            latency_ewma = latency if latency_ewma == 0 else latency_ewma + 0.1 * (latency - latency_ewma)
+            meter.tick()
+            self.recorder.add(packet.timings)
+            if self.metrics is not None:
+                self.metrics.write({"index": packet.index, "capture_time": round(packet.captured_at - self.recorder.started, 6),
+                                    **{f"{k}_ms": round(v, 3) for k, v in packet.timings.items()},
+                                    "dropped": packet.dropped, "corrupt": packet.corrupt})
+
+    # -- main thread ----------------------------------------------------------------------
+    def run(self) -> dict:
+        """Run to the end of input or until stop(); returns the summary, raises PipelineError."""
+        workers = [threading.Thread(target=self._guarded(name, body), name=name, daemon=True)
+                   for name, body in (("capture", self._capture), ("inference", self._infer),
+                                      ("render", self._render))]
+        for worker in workers:
+            worker.start()
+        try:
+            # The main thread owns the window (HighGUI is not thread-safe on every platform).
+            while not self.finished.is_set() and not self.stop_event.is_set():
+                if self.window is not None:
+                    if self.window.show(self.to_window.get(POLL_S / 2)):
+                        self.stop("quit key")
+                else:
+                    self.finished.wait(POLL_S)
+        except KeyboardInterrupt:
+            self.stop("interrupted")
+        finally:
+            if self.finished.is_set() and not self.stop_reason:
+                self.stop_reason = "end of input"
+            self.stop_event.set()
+            for worker in workers:
+                worker.join(timeout=2.0)
+            self._close_sinks()
+        if self._error is not None:
+            raise self._error
+        return self.recorder.summary(self.dropped, self.source.stats.corrupt)
+
+    def _close_sinks(self) -> None:
+        for sink in (self.video, self.metrics, self.window, self.source):
+            if sink is not None:
+                sink.close()

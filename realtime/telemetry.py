@@ -1,0 +1,92 @@
+"""Timing helpers: per-stage timers, smoothed rates, and the end-of-run summary."""
+
+from __future__ import annotations
+
+import time
+from array import array
+
+import numpy as np
+
+STAGES = ("decode", "resize", "wait", "infer", "render", "write", "latency")
+
+
+class StageTimer:
+    """`with timer:` measures one stage; `timer.ms` holds the last duration in milliseconds."""
+
+    def __init__(self) -> None:
+        self.ms = 0.0
+        self._start = 0.0
+
+    def __enter__(self) -> "StageTimer":
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ms = (time.perf_counter() - self._start) * 1000.0
+
+
+class RateMeter:
+    """Events per second, smoothed (EWMA of the interval) so the HUD does not flicker.
+    Owned by one thread; others only read the float it publishes."""
+
+    def __init__(self, smoothing: float = 0.1):
+        self.smoothing = smoothing
+        self.fps = 0.0
+        self._last: float | None = None
+        self._interval: float | None = None
+
+    def tick(self, now: float | None = None) -> float:
+        now = time.perf_counter() if now is None else now
+        if self._last is not None:
+            interval = max(now - self._last, 1e-9)
+            self._interval = interval if self._interval is None else (
+                self._interval + self.smoothing * (interval - self._interval))
+            self.fps = 1.0 / self._interval
+        self._last = now
+        return self.fps
+
+
+class RunRecorder:
+    """Per-frame stage times in compact arrays (4 bytes a value: an hour at 30 FPS is ~3 MB)."""
+
+    def __init__(self) -> None:
+        self.values = {stage: array("f") for stage in STAGES}
+        self.frames = 0
+        self.started = time.perf_counter()
+        self.first_output: float | None = None
+        self.last_output: float | None = None
+
+    def add(self, timings: dict[str, float]) -> None:
+        now = time.perf_counter()
+        if self.first_output is None:
+            self.first_output = now
+        self.last_output = now
+        self.frames += 1
+        for stage in STAGES:
+            self.values[stage].append(timings.get(stage, 0.0))
+
+    def summary(self, dropped: int, corrupt: int) -> dict:
+        """JSON-ready summary: counts, throughput and p50/p95 per stage (ms)."""
+        wall = (self.last_output or self.started) - self.started
+        # Throughput between the first and the last output excludes start-up; with one
+        # frame there is no interval, so fall back to wall time.
+        span = (self.last_output - self.first_output) if self.frames > 1 else 0.0
+        fps = (self.frames - 1) / span if span > 0 else (self.frames / wall if wall > 0 else 0.0)
+        stages = {}
+        for stage, values in self.values.items():
+            data = np.frombuffer(values, dtype=np.float32) if len(values) else np.zeros(1, np.float32)
+            stages[stage] = {"p50": float(np.percentile(data, 50)), "p95": float(np.percentile(data, 95)),
+                             "mean": float(data.mean())}
+        return {"frames": self.frames, "dropped": dropped, "corrupt": corrupt,
+                "seconds": wall, "fps": fps, "stages_ms": stages}
+
+
+def format_summary(summary: dict) -> str:
+    """The table printed on exit."""
+    lines = [f"frames {summary['frames']}  dropped {summary['dropped']}  corrupt {summary['corrupt']}  "
+             f"time {summary['seconds']:.2f} s  throughput {summary['fps']:.1f} FPS",
+             f"{'stage':<10}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}"]
+    for stage, stats in summary["stages_ms"].items():
+        name = "end-to-end" if stage == "latency" else stage
+        lines.append(f"{name:<10}{stats['p50']:>9.2f}{stats['p95']:>9.2f}{stats['mean']:>9.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""Each bad input gets one clear line on stderr, a non-zero exit status, no traceback, no hang."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from helpers import contract_model, run_app, write_video
+
+
+def assert_one_line_error(result, *fragments: str, status: int = 2) -> None:
+    assert result.returncode == status, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_video(assets, tmp_path):
+    result = run_app("--video", str(tmp_path / "nope.mp4"), "--model", str(assets["tiny"]), "--headless")
+    assert_one_line_error(result, "does not exist", "--video")
+
+
+def test_text_file_named_mp4(assets, tmp_path):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is not a video\n" * 20)
+    result = run_app("--video", str(fake), "--model", str(assets["tiny"]), "--headless")
+    assert_one_line_error(result, "could not be opened", "ffmpeg")
+
+
+def test_video_with_zero_frames(assets, tmp_path):
+    empty = tmp_path / "empty.avi"
+    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 30, (64, 48)).release()
+    result = run_app("--video", str(empty), "--model", str(assets["tiny"]), "--headless")
+    assert_one_line_error(result, "no decodable frames")
+
+
+def test_camera_that_does_not_open(assets):
+    result = run_app("--camera", "97", "--model", str(assets["tiny"]), "--headless", timeout=60)
+    assert_one_line_error(result, "camera 97 did not open")
+
+
+def test_empty_glob(assets, tmp_path):
+    result = run_app("--images", str(tmp_path / "*.png"), "--model", str(assets["tiny"]), "--headless")
+    assert_one_line_error(result, "no images match", "quote the glob")
+
+
+def test_corrupt_frame_mid_stream_is_skipped_and_counted(assets, tmp_path):
+    for index in range(6):
+        cv2.imwrite(str(tmp_path / f"f{index:03d}.png"), np.full((48, 64, 3), index * 40, np.uint8))
+    (tmp_path / "f003.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated garbage")
+    summary = tmp_path / "s.json"
+    result = run_app("--images", str(tmp_path / "*.png"), "--model", str(assets["tiny"]),
+                     "--headless", "--summary-json", str(summary))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(summary.read_text())
+    assert report["frames"] == 5 and report["corrupt"] == 1
+
+
+def test_all_frames_corrupt(assets, tmp_path):
+    for index in range(3):
+        (tmp_path / f"f{index}.png").write_bytes(b"not an image")
+    result = run_app("--images", str(tmp_path / "*.png"), "--model", str(assets["tiny"]), "--headless")
+    assert_one_line_error(result, "could be decoded", status=1)
+
+
+def test_classifier_is_not_a_segmentation_model(assets):
+    result = run_app("--video", str(assets["video"]), "--model", str(assets["classifier"]), "--headless")
+    assert_one_line_error(result, "not a segmentation map", "[N, C, H, W]")
+
+
+def test_missing_model(assets, tmp_path):
+    result = run_app("--video", str(assets["video"]), "--model", str(tmp_path / "x.onnx"), "--headless")
+    assert_one_line_error(result, "does not exist", "--model")
+
+
+def test_model_file_that_is_not_onnx(assets, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00" * 100)
+    result = run_app("--video", str(assets["video"]), "--model", str(junk), "--headless")
+    assert_one_line_error(result, "not a loadable ONNX model")
+
+
+def test_labels_file_that_does_not_match_the_model(assets, tmp_path):
+    three = tmp_path / "three.json"
+    three.write_text(json.dumps({"classes": [{"name": n} for n in ("road", "car", "sky")]}))
+    result = run_app("--video", str(assets["video"]), "--model", str(assets["logits"]),
+                     "--labels", str(three), "--headless")
+    assert_one_line_error(result, "labels do not match the model", "4 classes")
+
+
+def test_contract_model_with_wrong_labels_file(assets, tmp_path):
+    three = tmp_path / "three.json"
+    three.write_text(json.dumps({"classes": [{"name": n} for n in ("road", "car", "sky")]}))
+    result = run_app("--video", str(assets["video"]), "--model", str(assets["tiny"]),
+                     "--labels", str(three), "--headless")
+    assert_one_line_error(result, "labels do not match the model", "11 classes")
+
+
+def test_model_without_class_table_needs_labels(assets, tmp_path):
+    bare = contract_model(tmp_path / "bare.onnx", with_metadata=False)
+    result = run_app("--video", str(assets["video"]), "--model", str(bare), "--headless")
+    assert_one_line_error(result, "no class table", "--labels")
+
+
+def test_labels_file_that_is_not_json(assets, tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    result = run_app("--video", str(assets["video"]), "--model", str(assets["logits"]),
+                     "--labels", str(broken), "--headless")
+    assert_one_line_error(result, "not valid JSON")
+
+
+def test_save_into_missing_folder(assets, tmp_path):
+    result = run_app("--video", str(assets["video"]), "--model", str(assets["tiny"]), "--headless",
+                     "--save", str(tmp_path / "no" / "such" / "out.mp4"))
+    assert_one_line_error(result, "does not exist", "--save")
+
+
+@pytest.mark.parametrize("flag,value,fragment", [("--classes", "roads", "unknown entry"),
+                                                 ("--alpha", "1.5", "outside 0..1")])
+def test_bad_overlay_options(assets, flag, value, fragment):
+    result = run_app("--video", str(assets["video"]), "--model", str(assets["tiny"]), "--headless",
+                     flag, value)
+    assert_one_line_error(result, fragment)

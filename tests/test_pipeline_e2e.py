@@ -1,0 +1,134 @@
+"""End-to-end runs of `python run.py` on real videos, real ONNX models and ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from helpers import REPO, camvid_or_skip, count_video_frames, run_app, write_video
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_video_pace_all_frames_in_equal_frames_out(assets, tmp_path):
+    out, metrics, summary = tmp_path / "out.mp4", tmp_path / "m.jsonl", tmp_path / "s.json"
+    result = run_app("--video", str(assets["video"]), "--model", str(assets["tiny"]), "--pace", "all",
+                     "--headless", "--save", str(out), "--metrics", str(metrics),
+                     "--summary-json", str(summary))
+    assert result.returncode == 0, result.stderr
+    frames_in, size_in = count_video_frames(assets["video"])
+    frames_out, size_out = count_video_frames(out)
+    records = read_metrics(metrics)
+    assert frames_in == frames_out == len(records) == 40
+    assert size_out == size_in
+    assert [r["index"] for r in records] == list(range(40))
+    assert all(r["dropped"] == 0 and r["latency_ms"] > 0 and r["infer_ms"] > 0 for r in records)
+    report = json.loads(summary.read_text())
+    assert report["frames"] == 40 and report["dropped"] == 0
+    assert report["stop_reason"] == "end of input"
+    assert "end-to-end" in result.stderr and "p95" in result.stderr
+
+
+def test_camvid_clip_with_shipped_model(tmp_path):
+    camvid = camvid_or_skip()
+    out, metrics = tmp_path / "camvid.mkv", tmp_path / "m.jsonl"
+    result = run_app("--images", str(camvid / "val" / "*.png"), "--pace", "all", "--headless",
+                     "--save", str(out), "--metrics", str(metrics))
+    assert result.returncode == 0, result.stderr
+    frames_in = len(list((camvid / "val").glob("*.png")))
+    frames_out, size = count_video_frames(out)
+    assert frames_in == frames_out == len(read_metrics(metrics)) == 101
+    assert size == (480, 360)
+    assert "onnxruntime fp32 480x360" in result.stderr
+
+
+def test_user_logits_model_with_labels_file(assets, tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    result = run_app("--video", str(assets["video"]), "--model", str(assets["logits"]),
+                     "--labels", str(assets["labels4"]), "--headless", "--max-frames", "10",
+                     "--classes", "all", "--metrics", str(metrics))
+    assert result.returncode == 0, result.stderr
+    assert len(read_metrics(metrics)) == 10
+
+
+def test_realtime_pace_drops_stale_frames_and_reports_them(tmp_path):
+    # A 300 FPS source and the shipped model (tens of ms a frame on a CPU): most frames must
+    # be dropped at the mailbox, and every frame is either processed or counted as dropped.
+    video = write_video(tmp_path / "fast.mp4", 150, size=(320, 240), fps=300)
+    metrics, summary = tmp_path / "m.jsonl", tmp_path / "s.json"
+    result = run_app("--video", str(video), "--pace", "realtime", "--headless",
+                     "--metrics", str(metrics), "--summary-json", str(summary))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(summary.read_text())
+    records = read_metrics(metrics)
+    assert report["dropped"] > 0
+    assert report["frames"] == len(records)
+    assert report["frames"] + report["dropped"] == 150
+    drops = [r["dropped"] for r in records]
+    assert drops == sorted(drops) and drops[-1] > 0
+    # No queueing behind stale frames: a frame waits at most about one inference.
+    waits = sorted(r["wait_ms"] for r in records)
+    infers = sorted(r["infer_ms"] for r in records)
+    assert waits[len(waits) // 2] < 3 * infers[len(infers) // 2] + 20
+
+
+def _start_and_wait_for_frames(args: list[str], metrics: Path, frames: int) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= frames:
+            return process
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("the run produced no frames in 60 s")
+
+
+def _stop_and_check(process: subprocess.Popen, sig: int, expected_status: int, out: Path,
+                    metrics: Path) -> None:
+    sent = time.monotonic()
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=10)
+    elapsed = time.monotonic() - sent
+    assert process.returncode == expected_status, stderr
+    assert elapsed < 1.5, f"took {elapsed:.2f} s to stop"
+    frames, _ = count_video_frames(out)
+    assert frames > 0 and frames == len(read_metrics(metrics))
+
+
+def test_sigterm_stops_promptly_and_keeps_a_playable_video(assets, tmp_path):
+    out, metrics = tmp_path / "out.mp4", tmp_path / "m.jsonl"
+    process = _start_and_wait_for_frames(
+        ["--video", str(assets["video"]), "--model", str(assets["tiny"]), "--loop", "--pace",
+         "realtime", "--headless", "--save", str(out), "--metrics", str(metrics)], metrics, 10)
+    _stop_and_check(process, signal.SIGTERM, 143, out, metrics)
+
+
+def test_ctrl_c_stops_promptly_and_keeps_a_playable_video(assets, tmp_path):
+    out, metrics = tmp_path / "out.mp4", tmp_path / "m.jsonl"
+    process = _start_and_wait_for_frames(
+        ["--video", str(assets["video"]), "--model", str(assets["tiny"]), "--loop", "--pace",
+         "realtime", "--headless", "--save", str(out), "--metrics", str(metrics)], metrics, 10)
+    _stop_and_check(process, signal.SIGINT, 130, out, metrics)
+
+
+def test_hard_kill_leaves_a_playable_mkv(assets, tmp_path):
+    # The muxer writes in blocks, so run long enough for several to reach the disk.
+    out, metrics = tmp_path / "out.mkv", tmp_path / "m.jsonl"
+    process = _start_and_wait_for_frames(
+        ["--video", str(assets["video"]), "--model", str(assets["tiny"]), "--loop", "--pace",
+         "all", "--headless", "--save", str(out), "--metrics", str(metrics)], metrics, 300)
+    process.kill()
+    process.communicate(timeout=10)
+    frames, size = count_video_frames(out)
+    assert frames > 0 and size == (320, 240)
+    if os.name == "posix":
+        assert process.returncode == -signal.SIGKILL

@@ -1,0 +1,113 @@
+"""The pipeline's threads through its Python API: failures in each stage, bounded memory."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import engines
+from helpers import count_video_frames, write_video
+from realtime.pipeline import Pipeline, PipelineError, PipelineOptions
+from realtime.sinks import MetricsSink, VideoSink
+from realtime.sources import VideoSource
+
+
+class FailingSource(VideoSource):
+    """A real video source whose device 'disappears' after some frames."""
+
+    def __init__(self, path, fail_after: int):
+        super().__init__(path, loop=True)
+        self.fail_after = fail_after
+
+    def frames(self, stop):
+        for count, image in enumerate(super().frames(stop)):
+            if count == self.fail_after:
+                raise OSError("capture device vanished")
+            yield image
+
+
+class FailingEngine:
+    """A real ONNX Runtime engine that fails on the Nth frame after warm-up."""
+
+    def __init__(self, path, fail_after: int, warmup: int):
+        self.inner = engines.load(path)
+        self.info = self.inner.info
+        self.calls, self.fail_at = 0, warmup + fail_after
+
+    def infer(self, images):
+        self.calls += 1
+        if self.calls > self.fail_at:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.inner.infer(images)
+
+    def close(self):
+        self.inner.close()
+
+
+class FailingMetrics(MetricsSink):
+    """A real metrics file whose disk fills up after some lines."""
+
+    def __init__(self, path, fail_after: int):
+        super().__init__(path)
+        self.lines, self.fail_after = 0, fail_after
+
+    def write(self, record):
+        self.lines += 1
+        if self.lines > self.fail_after:
+            raise OSError(28, "No space left on device")
+        super().write(record)
+
+
+OPTIONS = dict(pace="all", shown_ids=[3, 8], warmup=2)
+
+
+@pytest.mark.parametrize("stage", ["capture", "inference", "render"])
+def test_failure_in_any_stage_stops_the_run_with_a_playable_file(assets, tmp_path, stage):
+    out = tmp_path / "out.mp4"
+    source = FailingSource(assets["video"], 25) if stage == "capture" else VideoSource(assets["video"], loop=True)
+    engine = FailingEngine(assets["tiny"], 25, warmup=2) if stage == "inference" else engines.load(assets["tiny"])
+    metrics = FailingMetrics(tmp_path / "m.jsonl", 25) if stage == "render" else None
+    pipeline = Pipeline(source, engine, PipelineOptions(**OPTIONS), video=VideoSink(out, 30.0),
+                        metrics=metrics)
+    started = time.monotonic()
+    with pytest.raises(PipelineError) as caught:
+        pipeline.run()
+    assert time.monotonic() - started < 10  # the looping source would otherwise run forever
+    assert caught.value.stage == stage
+    frames, size = count_video_frames(out)
+    assert 10 <= frames <= 40 and size == (320, 240)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc for RSS")
+def test_fast_live_source_drops_frames_and_memory_stays_flat(tmp_path):
+    # 640x360 frames at 600 FPS into the shipped model: were stale frames queued instead of
+    # dropped, 1000 frames would hold ~700 MB.
+    video = write_video(tmp_path / "fast.mp4", 120, size=(640, 360), fps=600)
+    pipeline = Pipeline(VideoSource(video, loop=True), engines.load(spin=False),
+                        PipelineOptions(pace="realtime", max_frames=1200, shown_ids=[3], warmup=2))
+    samples: list[tuple[int, float]] = []
+
+    def sample() -> None:
+        while not pipeline.finished.is_set() and not pipeline.stop_event.is_set():
+            samples.append((pipeline.recorder.frames, _rss_mb()))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    summary = pipeline.run()
+    sampler.join(timeout=2)
+    assert summary["dropped"] > 600
+    assert summary["frames"] + summary["dropped"] == 1200
+    settled = [rss for frames, rss in samples if frames >= 3]
+    assert len(settled) >= 4
+    growth = max(settled) - float(np.median(settled[:3]))
+    assert growth < 60, f"RSS grew by {growth:.0f} MB"

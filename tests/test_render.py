@@ -1,0 +1,72 @@
+"""Render functions on small hand-made arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engines.labels import ClassInfo
+from realtime.render import Palette, colorize, overlay, parse_class_selection, upsample_labels
+
+CLASSES = [ClassInfo(0, "sky", (10, 20, 30), "background"),
+           ClassInfo(1, "road", (200, 0, 0), "drivable"),
+           ClassInfo(2, "car", (0, 0, 250), "object")]
+
+
+def test_upsample_is_nearest_neighbour():
+    labels = np.array([[0, 1], [2, 1]], np.uint8)
+    full = upsample_labels(labels, 4, 4)
+    assert full.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 1, 1], [2, 2, 1, 1]]
+
+
+def test_colors_land_where_the_labels_are():
+    palette = Palette.build(CLASSES, [0, 1, 2])
+    labels = np.array([[0, 1], [2, 1]], np.uint8)
+    colour = colorize(upsample_labels(labels, 4, 4), palette)
+    assert colour[0, 0].tolist() == [30, 20, 10]  # RGB table, BGR image
+    assert colour[0, 3].tolist() == [0, 0, 200]
+    assert colour[3, 0].tolist() == [250, 0, 0]
+
+
+def test_full_alpha_paints_shown_classes_and_leaves_the_rest():
+    frame = np.full((4, 4, 3), 77, np.uint8)
+    palette = Palette.build(CLASSES, [1])  # only the road is shown
+    labels = np.array([[0, 1], [2, 1]], np.uint8)
+    out = overlay(frame, labels, palette, alpha=1.0, outline=False)
+    assert (out[:, 2:] == [0, 0, 200]).all()  # road: pure class colour
+    assert (out[:, :2] == 77).all()  # sky and car: untouched
+    assert (frame == 77).all()  # the input frame is not modified
+
+
+def test_half_alpha_blends():
+    frame = np.full((2, 2, 3), 100, np.uint8)
+    palette = Palette.build(CLASSES, [2])
+    out = overlay(frame, np.full((1, 1), 2, np.uint8), palette, alpha=0.5, outline=False)
+    assert out[0, 0].tolist() == [175, 50, 50]
+
+
+def test_alpha_zero_leaves_the_frame_untouched():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    palette = Palette.build(CLASSES, [0, 1, 2])
+    labels = rng.integers(0, 3, (3, 4), dtype=np.uint8)
+    assert np.array_equal(overlay(frame, labels, palette, alpha=0.0, outline=False), frame)
+
+
+def test_outline_is_drawn_around_the_drivable_region_only():
+    frame = np.zeros((40, 40, 3), np.uint8)
+    labels = np.zeros((10, 10), np.uint8)
+    labels[5:, 2:8] = 1
+    palette = Palette.build(CLASSES, [1])
+    out = overlay(frame, labels, palette, alpha=0.0, outline=True)
+    changed = out.any(axis=2)
+    assert changed.any()
+    assert not changed[:15].any()  # nothing far above the region's top edge (row 20)
+
+
+def test_class_selection():
+    assert parse_class_selection("drivable,objects", CLASSES) == [1, 2]
+    assert parse_class_selection("all", CLASSES) == [0, 1, 2]
+    assert parse_class_selection("car", CLASSES) == [2]
+    with pytest.raises(ValueError, match="unknown entry"):
+        parse_class_selection("trucks", CLASSES)
