@@ -23,10 +23,20 @@ def _onnxruntime(path: Path, labels: dict | None, **options: Any) -> Engine:
     return OnnxRuntimeEngine(path, labels=labels, **options)
 
 
+def _torch(path: Path, labels: dict | None, **options: Any) -> Engine:
+    try:
+        from engines.torch_backend import TorchEngine
+    except ImportError as error:
+        raise EngineError(f"{path}: the PyTorch backend needs torch ({error}); install it with "
+                          "pip install -e \".[train]\"") from None
+    return TorchEngine(path, labels=labels, **options)
+
+
 # backend name → (factory, file suffixes it opens). Imports are deferred so that a machine
 # without TensorRT or PyTorch never imports them.
 BACKENDS: dict[str, tuple[Callable[..., Engine], tuple[str, ...]]] = {
     "onnxruntime": (_onnxruntime, (".onnx",)),
+    "torch": (_torch, (".pt", ".pth")),
 }
 
 

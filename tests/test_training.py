@@ -1,0 +1,106 @@
+"""Training, checkpoint, export and evaluation on real CamVid frames (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training tests need the [train] extra (torch)")
+
+import engines  # noqa: E402
+from helpers import camvid_or_skip  # noqa: E402
+from training import evaluate as evaluate_cli  # noqa: E402
+from training import train  # noqa: E402
+from training.data import CamVid, augment_batch  # noqa: E402
+from training.export import compare_with_torch, export_onnx, load_checkpoint_model  # noqa: E402
+from training.model import build_model, count_parameters  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A few iterations on two CamVid frames at reduced size."""
+    camvid = camvid_or_skip()
+    out = tmp_path_factory.mktemp("run")
+    args = train.parse_args(["--data", str(camvid), "--limit", "2", "--crop", "96", "128",
+                             "--scale", "0.3", "0.3", "--batch-size", "2", "--epochs", "12",
+                             "--lr", "1e-2", "--warmup-steps", "1", "--eval-every", "6",
+                             "--model-size", "small", "--threads", "2", "--out", str(out),
+                             "--no-progress"])
+    assert train.main(args) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return out, log
+
+
+def test_tiny_training_lowers_the_loss(tiny_run):
+    _, log = tiny_run
+    assert len(log) == 12
+    assert np.mean([r["loss"] for r in log[-3:]]) < 0.8 * np.mean([r["loss"] for r in log[:3]])
+
+
+def test_checkpoint_reloads_strictly_and_resumes(tiny_run):
+    out, _ = tiny_run
+    net, checkpoint = load_checkpoint_model(out / "last.pt")
+    assert checkpoint["epoch"] == 11 and count_parameters(net) > 0
+    state = dict(checkpoint["model"])
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        build_model("small").load_state_dict(state, strict=True)
+    args = train.parse_args(["--data", str(CamVid(camvid_or_skip(), "val").root), "--limit", "2",
+                             "--crop", "96", "128", "--batch-size", "2", "--epochs", "13",
+                             "--model-size", "small", "--out", str(out), "--no-progress",
+                             "--resume", str(out / "last.pt")])
+    assert train.main(args) == 0
+    assert load_checkpoint_model(out / "last.pt")[1]["epoch"] == 12
+
+
+def test_augmentation_keeps_image_and_label_aligned():
+    # A label map that encodes its own column: after scale/crop/flip, the image (built with
+    # the same encoding) must still match the label wherever the label is not void padding.
+    columns = torch.arange(64).repeat(48, 1)
+    labels = (columns // 8).to(torch.uint8)[None]
+    image = (labels[..., None] * 30).repeat(1, 1, 1, 3).to(torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        aug_image, aug_label = augment_batch(image, labels, (40, 40), (0.8, 1.6), generator)
+        valid = aug_label[0] != 11
+        # Photometric jitter changes values, not positions: the class boundaries (where the
+        # label changes) must coincide with large steps in the image.
+        lab = aug_label[0][valid.all(1)]
+        img = aug_image[0, ..., 0].float()[valid.all(1)]
+        if lab.shape[0] == 0:
+            continue
+        label_steps = (lab[:, 1:] != lab[:, :-1])
+        image_steps = (img[:, 1:] - img[:, :-1]).abs() > 5
+        assert (label_steps & ~image_steps).float().mean() < 0.05
+
+
+def test_export_round_trip_and_metadata(tiny_run, tmp_path):
+    camvid = camvid_or_skip()
+    net, _ = load_checkpoint_model(tiny_run[0] / "best.pt")
+    onnx_path = export_onnx(net, tmp_path / "m.onnx", provenance={"dataset": "CamVid"})
+    real = CamVid(camvid, "val").load_images(limit=3)
+    random = np.random.default_rng(0).integers(0, 256, (2, 360, 480, 3), dtype=np.uint8)
+    assert compare_with_torch(net, onnx_path, real) >= 0.999
+    assert compare_with_torch(net, onnx_path, random) >= 0.999
+    engine = engines.load(onnx_path)
+    assert [c.name for c in engine.info.classes][3] == "Road"
+    assert engine.info.details["provenance"]["dataset"] == "CamVid"
+    assert engine.infer(real[:2]).shape == (2, 360, 480)  # dynamic batch
+
+
+def test_evaluate_cli_on_checkpoint_and_onnx_agree(tiny_run, tmp_path, capsys):
+    camvid = camvid_or_skip()
+    net, _ = load_checkpoint_model(tiny_run[0] / "best.pt")
+    onnx_path = export_onnx(net, tmp_path / "m.onnx")
+    results = []
+    for model in (tiny_run[0] / "best.pt", onnx_path):
+        report = tmp_path / f"{model.suffix[1:]}.json"
+        code = evaluate_cli.main(evaluate_cli.parse_args(
+            ["--model", str(model), "--data", str(camvid), "--limit", "4", "--json", str(report)]))
+        assert code == 0
+        results.append(json.loads(report.read_text()))
+    assert "mean IoU" in capsys.readouterr().out
+    assert abs(results[0]["mean_iou"] - results[1]["mean_iou"]) < 0.005
+    assert results[0]["backend"] == "torch" and results[1]["backend"] == "onnxruntime"
