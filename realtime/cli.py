@@ -21,6 +21,16 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process (None where the OS does not report it)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py", description="Real-time semantic segmentation of driving video.",
@@ -120,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     summary["stop_reason"] = pipeline.stop_reason
+    summary["peak_rss_mb"] = peak_rss_mb()
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary, indent=2))
     if not args.quiet:

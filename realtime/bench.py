@@ -1,0 +1,216 @@
+"""Benchmark: bare engine vs the full threaded pipeline vs a naive single-threaded loop.
+
+    python -m realtime.bench --video drive.mp4 --json bench.json
+    python -m realtime.bench --video drive.mp4 --model a.onnx --model runs/base/best.pt
+
+For each model (backend chosen by suffix, or --backend) it measures, in one run:
+- engine: warm-up, then median and p95 latency over --runs calls on the video's frames;
+- pipeline: `run.py --pace all --headless --save` on the video, end-to-end FPS, per-stage ms,
+  peak RSS (a separate process, exactly as a user runs it);
+- naive: read → infer → overlay → write in one thread, the way most demos are written.
+Ratios (pipeline/engine, pipeline/naive) come from the same run, so machine noise cancels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+import engines
+from engines.base import Engine
+from realtime.render import Palette, overlay, parse_class_selection
+
+RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
+
+
+def read_frames(video: Path, limit: int | None) -> tuple[list[np.ndarray], float]:
+    """Decode the video once into memory (so the engine benchmark excludes decode)."""
+    capture = cv2.VideoCapture(str(video))
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    frames = []
+    while limit is None or len(frames) < limit:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    if not frames:
+        raise SystemExit(f"error: {video} has no decodable frames")
+    return frames, fps
+
+
+def bench_engine(engine: Engine, frames: list[np.ndarray], runs: int, warmup: int) -> dict[str, Any]:
+    """Median and p95 of engine.infer on batch-1 frames at the engine's input size."""
+    height, width = engine.info.input_size
+    inputs = [cv2.resize(f, (width, height))[None] for f in frames]
+    for index in range(warmup):
+        engine.infer(inputs[index % len(inputs)])
+    times = []
+    for index in range(runs):
+        started = time.perf_counter()
+        engine.infer(inputs[index % len(inputs)])
+        times.append(time.perf_counter() - started)
+    ms = np.asarray(times) * 1000
+    return {"engine_ms_p50": float(np.median(ms)), "engine_ms_p95": float(np.percentile(ms, 95)),
+            "engine_fps": float(1000 / np.median(ms)), "engine_runs": runs}
+
+
+def bench_decode(video: Path, limit: int | None) -> float:
+    """Decode-only FPS of the video (the ceiling for any pipeline reading it)."""
+    capture = cv2.VideoCapture(str(video))
+    count, started = 0, time.perf_counter()
+    while (limit is None or count < limit) and capture.read()[0]:
+        count += 1
+    capture.release()
+    return count / (time.perf_counter() - started)
+
+
+def bench_naive(engine: Engine, video: Path, out: Path, limit: int | None) -> dict[str, Any]:
+    """The single-threaded demo loop: read → resize → infer → overlay → write, one at a time."""
+    height, width = engine.info.input_size
+    palette = Palette.build(engine.info.classes,
+                            parse_class_selection("drivable,objects", engine.info.classes))
+    capture = cv2.VideoCapture(str(video))
+    writer = None
+    count, started = 0, time.perf_counter()
+    while limit is None or count < limit:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        labels = engine.infer(cv2.resize(frame, (width, height))[None])[0]
+        image = overlay(frame, labels, palette, 0.5, True)
+        if writer is None:
+            writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 30.0,
+                                     (frame.shape[1], frame.shape[0]))
+        writer.write(image)
+        count += 1
+    elapsed = time.perf_counter() - started
+    capture.release()
+    if writer is not None:
+        writer.release()
+    return {"naive_fps": count / elapsed, "naive_frames": count}
+
+
+def bench_pipeline(model: Path, backend: str, video: Path, out: Path, limit: int | None,
+                   extra: list[str]) -> dict[str, Any]:
+    """The real application in its own process, as a user runs it."""
+    summary_path = out.with_suffix(".summary.json")
+    command = [sys.executable, str(RUN_PY), "--video", str(video), "--model", str(model),
+               "--backend", backend, "--pace", "all", "--headless", "--save", str(out),
+               "--summary-json", str(summary_path), "--quiet", *extra]
+    if limit:
+        command += ["--max-frames", str(limit)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"error: the pipeline run failed:\n{result.stderr}")
+    summary = json.loads(summary_path.read_text())
+    return {"pipeline_fps": summary["fps"], "pipeline_frames": summary["frames"],
+            "pipeline_stages_ms": {k: v["p50"] for k, v in summary["stages_ms"].items()},
+            "pipeline_latency_ms_p50": summary["stages_ms"]["latency"]["p50"],
+            "pipeline_latency_ms_p95": summary["stages_ms"]["latency"]["p95"],
+            "peak_rss_mb": summary.get("peak_rss_mb")}
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    header = ("| model | backend | precision | device | engine FPS (p50 ms) | pipeline FPS | naive FPS "
+              "| pipeline / engine | pipeline / naive | latency p50 / p95 ms | peak RSS MB |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = [f"| {r['model']} | {r['backend']} | {r['precision']} | {r['device']} | "
+            f"{r['engine_fps']:.1f} ({r['engine_ms_p50']:.1f}) | {r['pipeline_fps']:.1f} | "
+            f"{r['naive_fps']:.1f} | {r['pipeline_vs_engine']:.2f} | {r['pipeline_vs_naive']:.2f} | "
+            f"{r['pipeline_latency_ms_p50']:.0f} / {r['pipeline_latency_ms_p95']:.0f} | "
+            f"{r['peak_rss_mb'] or 0:.0f} |" for r in results]
+    return "\n".join([header, *rows])
+
+
+def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['model']}\n{r['backend']} {r['precision']}" for r in results]
+    x = np.arange(len(results))
+    fig, ax = plt.subplots(figsize=(max(5, 2.5 * len(results)), 4))
+    for offset, key, name in ((-0.27, "engine_fps", "bare engine"), (0, "pipeline_fps", "pipeline"),
+                              (0.27, "naive_fps", "naive loop")):
+        bars = ax.bar(x + offset, [r[key] for r in results], 0.27, label=name)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("frames per second")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> int:
+    frames, _ = read_frames(args.video, args.frames)
+    models = args.model or [engines.DEFAULT_MODEL]
+    decode_fps = bench_decode(args.video, args.frames)
+    height, width = frames[0].shape[:2]
+    machine = f"{platform.processor() or platform.machine()}, {platform.system()}"
+    print(f"video {args.video}: {len(frames)} frames {width}x{height}, decode {decode_fps:.0f} FPS")
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for model in models:
+            engine = engines.load(model, args.backend, **args.engine_options)
+            info = engine.info
+            row: dict[str, Any] = {"model": Path(model).name, "backend": info.backend,
+                                   "precision": info.precision, "device": info.device,
+                                   "video": str(args.video), "frames": len(frames),
+                                   "frame_size": [width, height], "decode_fps": decode_fps}
+            row.update(bench_engine(engine, frames, args.runs, args.warmup))
+            row.update(bench_naive(engine, args.video, Path(scratch) / "naive.mp4", args.frames))
+            engine.close()
+            row.update(bench_pipeline(Path(model), args.backend, args.video,
+                                      Path(scratch) / "pipeline.mp4", args.frames, args.pipeline_args))
+            row["pipeline_vs_engine"] = row["pipeline_fps"] / row["engine_fps"]
+            row["pipeline_vs_naive"] = row["pipeline_fps"] / row["naive_fps"]
+            row["pipeline_vs_ceiling"] = row["pipeline_fps"] / min(decode_fps, row["engine_fps"])
+            results.append(row)
+            print(f"{row['model']} {info.backend} {info.precision}: engine {row['engine_fps']:.1f} FPS "
+                  f"(p50 {row['engine_ms_p50']:.1f} ms, p95 {row['engine_ms_p95']:.1f} ms), pipeline "
+                  f"{row['pipeline_fps']:.1f} FPS, naive {row['naive_fps']:.1f} FPS, pipeline/engine "
+                  f"{row['pipeline_vs_engine']:.2f}, pipeline/naive {row['pipeline_vs_naive']:.2f}",
+                  flush=True)
+    table = markdown_table(results)
+    print(table)
+    report = {"machine": machine, "results": results, "markdown": table}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        args.json.with_suffix(".md").write_text(table + "\n")
+        plot(results, args.json.with_suffix(".png"), f"{args.video.name}, {width}x{height}, {machine}")
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--video", type=Path, required=True)
+    parser.add_argument("--model", type=Path, action="append", help="repeat for several models")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--frames", type=int, default=None, help="use only the first N frames")
+    parser.add_argument("--runs", type=int, default=200, help="timed engine calls")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="write JSON here, plus a .md table and a .png chart beside it")
+    parser.add_argument("--pipeline-args", nargs=argparse.REMAINDER, default=[],
+                        help="extra run.py arguments for the pipeline run (last on the line)")
+    args = parser.parse_args(argv)
+    args.engine_options = {}
+    return args
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(parse_args()))

@@ -1,0 +1,26 @@
+"""The benchmark runs end to end on a tiny model and a short generated video (no speed checks)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from realtime import bench
+
+
+def test_bench_writes_json_table_and_chart(assets, tmp_path):
+    pytest.importorskip("matplotlib", reason="the chart needs matplotlib ([train] extra)")
+    out = tmp_path / "bench.json"
+    args = bench.parse_args(["--video", str(assets["video"]), "--model", str(assets["tiny"]),
+                             "--runs", "20", "--warmup", "2", "--frames", "20", "--json", str(out)])
+    assert bench.main(args) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["results"]
+    for key in ("engine_fps", "pipeline_fps", "naive_fps", "decode_fps"):
+        assert row[key] > 0, key
+    assert row["pipeline_frames"] == row["naive_frames"] == 20
+    assert row["engine_runs"] == 20 and row["engine_ms_p95"] >= row["engine_ms_p50"]
+    assert set(row["pipeline_stages_ms"]) >= {"decode", "infer", "render", "write", "latency"}
+    assert out.with_suffix(".md").read_text().startswith("| model |")
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
