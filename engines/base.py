@@ -11,6 +11,10 @@ import numpy as np
 from engines.labels import ClassInfo
 
 
+# Key of the ONNX metadata_props entry holding the class table and provenance (JSON).
+METADATA_KEY = "segmentation"
+
+
 class EngineError(ValueError):
     """A model that cannot be used as asked; the message names the problem and the fix."""
 

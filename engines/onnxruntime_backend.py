@@ -9,10 +9,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from engines.base import EngineError, EngineInfo
+from engines.base import METADATA_KEY, EngineError, EngineInfo
 from engines.labels import ClassInfo, LabelsError, classes_from_json
 
-METADATA_KEY = "segmentation"
 DEFAULT_DYNAMIC_SIZE = (360, 480)
 
 

@@ -13,7 +13,8 @@ import engines  # noqa: E402
 from helpers import camvid_or_skip  # noqa: E402
 from training import evaluate as evaluate_cli  # noqa: E402
 from training import train  # noqa: E402
-from training.data import CamVid, augment_batch  # noqa: E402
+from training.camvid import CamVid  # noqa: E402
+from training.data import augment_batch  # noqa: E402
 from training.export import compare_with_torch, export_onnx, load_checkpoint_model  # noqa: E402
 from training.model import build_model, count_parameters  # noqa: E402
 

