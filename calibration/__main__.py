@@ -1,0 +1,59 @@
+"""Lower a model to FP16 or calibrated INT8 (Q/DQ) ONNX, and report what it costs in accuracy.
+
+    python -m calibration --onnx engines/models/roadseg.onnx --precision int8 \\
+        --calib ../shared/data/camvid/train --out roadseg.int8.onnx --report ../shared/data/camvid
+    python -m calibration --onnx engines/models/roadseg.onnx --precision fp16 --out roadseg.fp16.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from calibration.core import CALIBRATION_CACHE_DIR, accuracy_report, format_report, lower_precision
+from calibration.lowering import CALIBRATION_METHODS
+from engines.base import EngineError
+from realtime.sources import SourceError
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        out, facts = lower_precision(args.onnx, args.precision, args.out, args.calib,
+                                     args.calib_frames, args.method, args.cache_dir,
+                                     args.exclude or [])
+    except (SourceError, EngineError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({facts})")
+    if args.report:
+        report = accuracy_report(args.onnx, {args.precision: out}, args.report, args.split, args.limit)
+        print(format_report(report))
+        if args.report_json:
+            args.report_json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m calibration", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--onnx", type=Path, required=True, help="FP32 contract ONNX")
+    parser.add_argument("--precision", choices=["fp16", "int8"], required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--calib", default=None, help="video, image folder or quoted glob (int8)")
+    parser.add_argument("--calib-frames", type=int, default=100)
+    parser.add_argument("--method", choices=CALIBRATION_METHODS, default="percentile")
+    parser.add_argument("--exclude", nargs="*", help="node names to keep in float")
+    parser.add_argument("--cache-dir", type=Path, default=CALIBRATION_CACHE_DIR,
+                        help="calibration cache (activation ranges); reused when nothing changed")
+    parser.add_argument("--report", type=Path, default=None, metavar="CAMVID_DIR",
+                        help="compare against the FP32 model on these labelled frames")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--report-json", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(parse_args()))

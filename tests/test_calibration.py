@@ -1,0 +1,86 @@
+"""FP16 and INT8 Q/DQ lowering on the shipped model with real frames, through ONNX Runtime."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+import engines
+from calibration.core import lower_precision
+from calibration.lowering import qdq_facts
+from calibration.sampling import _evenly, sample_frames
+from helpers import camvid_or_skip, write_video
+
+
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory):
+    camvid = camvid_or_skip()
+    root = tmp_path_factory.mktemp("int8")
+    out, facts = lower_precision(engines.DEFAULT_MODEL, "int8", root / "m.int8.onnx",
+                                 str(camvid / "train"), calib_frames=8, method="minmax",
+                                 cache_dir=root / "cache")
+    return out, facts, root
+
+
+def test_qdq_model_has_the_form_tensorrt_accepts(int8_model):
+    out, facts, _ = int8_model
+    model = onnx.load(str(out))
+    assert facts["cache_hit"] is False and facts["calibration_frames"] == 8
+    checked = qdq_facts(model)
+    assert checked["qdq_nodes"] > 0 and checked["opset"] >= 13
+    assert checked["all_zero_points_zero"] and checked["zero_point_types"] == ["int8"]
+    assert checked["conv_weights_quantized"] >= 10 and checked["per_channel_weights"]
+    assert checked["int32_bias_dequantize"] == 0
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+
+
+def test_qdq_model_runs_and_agrees_with_fp32(int8_model):
+    frames = sample_frames(camvid_or_skip() / "val", 4, (360, 480))
+    int8 = engines.load(int8_model[0])
+    fp32 = engines.load(engines.DEFAULT_MODEL)
+    assert int8.info.precision == "int8"
+    agreement = (int8.infer(frames) == fp32.infer(frames)).mean()
+    assert agreement > 0.9
+
+
+def test_calibration_cache_is_reused(int8_model, tmp_path):
+    camvid = camvid_or_skip()
+    _, first, root = int8_model
+    again, facts = lower_precision(engines.DEFAULT_MODEL, "int8", tmp_path / "again.onnx",
+                                   str(camvid / "train"), calib_frames=8, method="minmax",
+                                   cache_dir=root / "cache")
+    assert facts["cache_hit"] is True and facts["cache"] == first["cache"]
+    assert onnx.load(str(again)).graph == onnx.load(str(int8_model[0])).graph
+
+
+def test_fp16_keeps_io_types_and_runs(tmp_path):
+    frames = sample_frames(camvid_or_skip() / "val", 2, (360, 480))
+    out, _ = lower_precision(engines.DEFAULT_MODEL, "fp16", tmp_path / "m.fp16.onnx")
+    model = onnx.load(str(out))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    weights = [t for t in model.graph.initializer if t.dims and len(t.dims) == 4]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    fp16 = engines.load(out)
+    assert fp16.info.precision == "fp16"
+    assert (fp16.infer(frames) == engines.load(engines.DEFAULT_MODEL).infer(frames)).mean() > 0.999
+
+
+def test_int8_without_calibration_frames_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--calib"):
+        lower_precision(engines.DEFAULT_MODEL, "int8", tmp_path / "x.onnx")
+
+
+def test_frames_are_taken_evenly_and_deterministically(tmp_path):
+    assert _evenly(10, 4) == [0, 3, 6, 9]
+    assert _evenly(3, 5) == [0, 1, 2]
+    video = write_video(tmp_path / "v.mp4", 30, size=(160, 120))
+    first = sample_frames(video, 5, (48, 64))
+    assert first.shape == (5, 48, 64, 3)
+    assert np.array_equal(first, sample_frames(video, 5, (48, 64)))
+    for index in range(6):
+        cv2.imwrite(str(tmp_path / f"f{index}.png"), np.full((8, 8, 3), index * 40, np.uint8))
+    picked = sample_frames(tmp_path / "*.png", 3, (8, 8))
+    assert [int(f[0, 0, 0]) for f in picked] == [0, 80, 200]  # images 0, 2 (round 2.5), 5
