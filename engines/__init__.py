@@ -32,11 +32,26 @@ def _torch(path: Path, labels: dict | None, **options: Any) -> Engine:
     return TorchEngine(path, labels=labels, **options)
 
 
+def _tensorrt(path: Path, labels: dict | None, precision: str = "fp16", calib: str | None = None,
+              batch: tuple[int, int, int] = (1, 1, 1), **options: Any) -> Engine:
+    from engines.build import build_engine
+    from engines.cache import file_sha256
+    from engines.tensorrt_backend import TensorRTEngine
+
+    if path.suffix.lower() == ".onnx":
+        # Like jetson-inference: build on first use, then reuse the cached engine.
+        precision = "fp16" if precision == "auto" else precision
+        engine_path = build_engine(path, precision, calib=calib, batch=batch)
+        return TensorRTEngine(engine_path, labels=labels, onnx_sha256=file_sha256(path), **options)
+    return TensorRTEngine(path, labels=labels, **options)
+
+
 # backend name → (factory, file suffixes it opens). Imports are deferred so that a machine
 # without TensorRT or PyTorch never imports them.
 BACKENDS: dict[str, tuple[Callable[..., Engine], tuple[str, ...]]] = {
     "onnxruntime": (_onnxruntime, (".onnx",)),
     "torch": (_torch, (".pt", ".pth")),
+    "tensorrt": (_tensorrt, (".engine", ".plan")),
 }
 
 

@@ -41,7 +41,7 @@ class OnnxRuntimeEngine:
     """
 
     def __init__(self, path: Path, labels: dict[str, Any] | None = None, threads: int | None = None,
-                 spin: bool = True, providers: list[str] | None = None):
+                 spin: bool = True, providers: list[str] | None = None, **_: Any):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--model", type=Path, default=engines.DEFAULT_MODEL,
                        help="model file: .onnx (default: the shipped CamVid model)")
-    model.add_argument("--backend", default="auto", help="auto (by file suffix) or onnxruntime")
+    model.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch", "tensorrt"],
+                       help="auto: by file suffix (.onnx ONNX Runtime, .pt PyTorch, .engine TensorRT)")
+    model.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"],
+                       help="torch: fp32/fp16/bf16; tensorrt from .onnx: engine precision (fp16)")
+    model.add_argument("--calib", default=None, help="int8 TensorRT: calibration video/folder/glob")
     model.add_argument("--labels", type=Path, default=None,
                        help="JSON class table for a model without one (see README)")
     model.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
@@ -89,8 +93,9 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         raise SourceError("--max-frames must be at least 1")
     source = open_source(args.video, args.camera, args.images, args.loop, args.fps,
                          tuple(args.camera_size) if args.camera_size else None)
-    options = {"threads": args.threads, "spin": False} if args.threads else {"spin": False}
-    engine = engines.load(args.model, args.backend, args.labels, **options)
+    # Inference shares the CPU with decode and render: ONNX Runtime must not spin-wait.
+    engine = engines.load(args.model, args.backend, args.labels, threads=args.threads, spin=False,
+                          precision=args.precision, calib=args.calib)
     try:
         shown = parse_class_selection(args.classes, engine.info.classes)
     except ValueError as error:
