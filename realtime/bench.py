@@ -1,6 +1,7 @@
 """Benchmark: bare engine vs the full threaded pipeline vs a naive single-threaded loop.
 
     python -m realtime.bench --video drive.mp4 --json bench.json
+    python -m realtime.bench --images "../shared/data/camvid/val/*.png" --json camvid.json
     python -m realtime.bench --video drive.mp4 --model a.onnx --model runs/base/best.pt
 
 For each model (backend chosen by suffix, or --backend) it measures, in one run:
@@ -14,11 +15,14 @@ Ratios (pipeline/engine, pipeline/naive) come from the same run, so machine nois
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,24 +33,27 @@ import numpy as np
 import engines
 from engines.base import Engine
 from realtime.render import Palette, overlay, parse_class_selection
+from realtime.sources import Source, open_source
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
 
 
-def read_frames(video: Path, limit: int | None) -> tuple[list[np.ndarray], float]:
-    """Decode the video once into memory (so the engine benchmark excludes decode)."""
-    capture = cv2.VideoCapture(str(video))
-    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-    frames = []
-    while limit is None or len(frames) < limit:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    if not frames:
-        raise SystemExit(f"error: {video} has no decodable frames")
-    return frames, fps
+def input_args(args: argparse.Namespace) -> list[str]:
+    """The run.py input option for the benchmark's source."""
+    return ["--video", str(args.video)] if args.video else ["--images", str(args.images)]
+
+
+def open_input(args: argparse.Namespace) -> Source:
+    return open_source(video=str(args.video) if args.video else None,
+                       images=str(args.images) if args.images else None)
+
+
+def read_frames(args: argparse.Namespace) -> list[np.ndarray]:
+    """Decode the input once into memory (so the engine benchmark excludes decode)."""
+    source = open_input(args)
+    frames = list(itertools.islice(source.frames(threading.Event()), args.frames))
+    source.close()
+    return frames
 
 
 def bench_engine(engine: Engine, frames: list[np.ndarray], runs: int, warmup: int) -> dict[str, Any]:
@@ -65,51 +72,46 @@ def bench_engine(engine: Engine, frames: list[np.ndarray], runs: int, warmup: in
             "engine_fps": float(1000 / np.median(ms)), "engine_runs": runs}
 
 
-def bench_decode(video: Path, limit: int | None) -> float:
-    """Decode-only FPS of the video (the ceiling for any pipeline reading it)."""
-    capture = cv2.VideoCapture(str(video))
-    count, started = 0, time.perf_counter()
-    while (limit is None or count < limit) and capture.read()[0]:
-        count += 1
-    capture.release()
+def bench_decode(args: argparse.Namespace) -> float:
+    """Decode-only FPS of the input (the ceiling for any pipeline reading it)."""
+    source = open_input(args)
+    started = time.perf_counter()
+    count = sum(1 for _ in itertools.islice(source.frames(threading.Event()), args.frames))
+    source.close()
     return count / (time.perf_counter() - started)
 
 
-def bench_naive(engine: Engine, video: Path, out: Path, limit: int | None) -> dict[str, Any]:
+def bench_naive(engine: Engine, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """The single-threaded demo loop: read → resize → infer → overlay → write, one at a time."""
     height, width = engine.info.input_size
     palette = Palette.build(engine.info.classes,
                             parse_class_selection("drivable,objects", engine.info.classes))
-    capture = cv2.VideoCapture(str(video))
+    source = open_input(args)
     writer = None
     count, started = 0, time.perf_counter()
-    while limit is None or count < limit:
-        ok, frame = capture.read()
-        if not ok:
-            break
+    for frame in itertools.islice(source.frames(threading.Event()), args.frames):
         labels = engine.infer(cv2.resize(frame, (width, height))[None])[0]
         image = overlay(frame, labels, palette, 0.5, True)
         if writer is None:
-            writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 30.0,
+            writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), source.fps,
                                      (frame.shape[1], frame.shape[0]))
         writer.write(image)
         count += 1
     elapsed = time.perf_counter() - started
-    capture.release()
+    source.close()
     if writer is not None:
         writer.release()
     return {"naive_fps": count / elapsed, "naive_frames": count}
 
 
-def bench_pipeline(model: Path, backend: str, video: Path, out: Path, limit: int | None,
-                   extra: list[str]) -> dict[str, Any]:
+def bench_pipeline(model: Path, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """The real application in its own process, as a user runs it."""
     summary_path = out.with_suffix(".summary.json")
-    command = [sys.executable, str(RUN_PY), "--video", str(video), "--model", str(model),
-               "--backend", backend, "--pace", "all", "--headless", "--save", str(out),
-               "--summary-json", str(summary_path), "--quiet", *extra]
-    if limit:
-        command += ["--max-frames", str(limit)]
+    command = [sys.executable, str(RUN_PY), *input_args(args), "--model", str(model),
+               "--backend", args.backend, "--pace", "all", "--headless", "--save", str(out),
+               "--summary-json", str(summary_path), "--quiet", *args.pipeline_args]
+    if args.frames:
+        command += ["--max-frames", str(args.frames)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"error: the pipeline run failed:\n{result.stderr}")
@@ -156,12 +158,13 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    frames, _ = read_frames(args.video, args.frames)
+    frames = read_frames(args)
     models = args.model or [engines.DEFAULT_MODEL]
-    decode_fps = bench_decode(args.video, args.frames)
+    decode_fps = bench_decode(args)
     height, width = frames[0].shape[:2]
-    machine = f"{platform.processor() or platform.machine()}, {platform.system()}"
-    print(f"video {args.video}: {len(frames)} frames {width}x{height}, decode {decode_fps:.0f} FPS")
+    name = Path(args.video or args.images).name
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"
+    print(f"input {name}: {len(frames)} frames {width}x{height}, decode {decode_fps:.0f} FPS")
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for model in models:
@@ -169,13 +172,12 @@ def main(args: argparse.Namespace) -> int:
             info = engine.info
             row: dict[str, Any] = {"model": Path(model).name, "backend": info.backend,
                                    "precision": info.precision, "device": info.device,
-                                   "video": str(args.video), "frames": len(frames),
+                                   "input": name, "frames": len(frames),
                                    "frame_size": [width, height], "decode_fps": decode_fps}
             row.update(bench_engine(engine, frames, args.runs, args.warmup))
-            row.update(bench_naive(engine, args.video, Path(scratch) / "naive.mp4", args.frames))
+            row.update(bench_naive(engine, args, Path(scratch) / "naive.mp4"))
             engine.close()
-            row.update(bench_pipeline(Path(model), args.backend, args.video,
-                                      Path(scratch) / "pipeline.mp4", args.frames, args.pipeline_args))
+            row.update(bench_pipeline(Path(model), args, Path(scratch) / "pipeline.mp4"))
             row["pipeline_vs_engine"] = row["pipeline_fps"] / row["engine_fps"]
             row["pipeline_vs_naive"] = row["pipeline_fps"] / row["naive_fps"]
             row["pipeline_vs_ceiling"] = row["pipeline_fps"] / min(decode_fps, row["engine_fps"])
@@ -191,13 +193,15 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
         args.json.with_suffix(".md").write_text(table + "\n")
-        plot(results, args.json.with_suffix(".png"), f"{args.video.name}, {width}x{height}, {machine}")
+        plot(results, args.json.with_suffix(".png"), f"{name}, {width}x{height}, {machine}")
     return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--video", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", type=Path)
+    source.add_argument("--images", help="image folder or quoted glob (e.g. the CamVid clip)")
     parser.add_argument("--model", type=Path, action="append", help="repeat for several models")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--frames", type=int, default=None, help="use only the first N frames")

@@ -22,7 +22,18 @@ EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process (None where the OS does not report it)."""
+    """Peak resident memory of this process in MB (None where the OS does not report it).
+
+    Linux's VmHWM starts afresh at exec; ru_maxrss would include the parent's peak when the
+    run was started from a big process (a benchmark holding decoded frames, say).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # Windows

@@ -105,3 +105,14 @@ def test_evaluate_cli_on_checkpoint_and_onnx_agree(tiny_run, tmp_path, capsys):
     assert "mean IoU" in capsys.readouterr().out
     assert abs(results[0]["mean_iou"] - results[1]["mean_iou"]) < 0.005
     assert results[0]["backend"] == "torch" and results[1]["backend"] == "onnxruntime"
+
+
+def test_torch_backend_matches_onnx_runtime_on_real_frames(tiny_run, tmp_path):
+    camvid = camvid_or_skip()
+    net, _ = load_checkpoint_model(tiny_run[0] / "best.pt")
+    onnx_path = export_onnx(net, tmp_path / "m.onnx")
+    frames = CamVid(camvid, "val").load_images(limit=4)
+    torch_engine = engines.load(tiny_run[0] / "best.pt")
+    assert torch_engine.info.backend == "torch" and torch_engine.info.precision == "fp32"
+    agreement = (torch_engine.infer(frames) == engines.load(onnx_path).infer(frames)).mean()
+    assert agreement >= 0.999
