@@ -293,7 +293,8 @@ class Pipeline:
             self._close_sinks()
         if self._error is not None:
             raise self._error
-        return self.recorder.summary(self.dropped, self.source.stats.corrupt)
+        stats = self.source.stats
+        return self.recorder.summary(self.dropped, stats.corrupt, stats.reopened)
 
     def _close_sinks(self) -> None:
         for sink in (self.video, self.metrics, self.window, self.source):

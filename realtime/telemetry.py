@@ -65,7 +65,7 @@ class RunRecorder:
         for stage in STAGES:
             self.values[stage].append(timings.get(stage, 0.0))
 
-    def summary(self, dropped: int, corrupt: int) -> dict:
+    def summary(self, dropped: int, corrupt: int, reopened: int = 0) -> dict:
         """JSON-ready summary: counts, throughput and p50/p95 per stage (ms)."""
         wall = (self.last_output or self.started) - self.started
         # Throughput between the first and the last output excludes start-up; with one
@@ -77,7 +77,7 @@ class RunRecorder:
             data = np.frombuffer(values, dtype=np.float32) if len(values) else np.zeros(1, np.float32)
             stages[stage] = {"p50": float(np.percentile(data, 50)), "p95": float(np.percentile(data, 95)),
                              "mean": float(data.mean())}
-        return {"frames": self.frames, "dropped": dropped, "corrupt": corrupt,
+        return {"frames": self.frames, "dropped": dropped, "corrupt": corrupt, "reopened": reopened,
                 "seconds": wall, "fps": fps, "stages_ms": stages}
 
 

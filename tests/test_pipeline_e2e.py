@@ -132,3 +132,14 @@ def test_hard_kill_leaves_a_playable_mkv(assets, tmp_path):
     assert frames > 0 and size == (320, 240)
     if os.name == "posix":
         assert process.returncode == -signal.SIGKILL
+
+
+def test_camera_that_stops_delivering_is_reopened(assets, tmp_path):
+    # OpenCV opens a file path as a capture device too: at its end the "camera" stops
+    # delivering, and the source must reopen it with back-off while the run goes on.
+    summary = tmp_path / "s.json"
+    result = run_app("--camera", str(assets["video"]), "--model", str(assets["tiny"]), "--headless",
+                     "--pace", "all", "--max-frames", "70", "--summary-json", str(summary))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(summary.read_text())
+    assert report["frames"] == 70 and report["reopened"] >= 1

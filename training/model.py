@@ -127,3 +127,15 @@ def count_parameters(model: nn.Module, include_aux: bool = False) -> int:
     """Parameters used at inference (auxiliary heads excluded unless asked)."""
     return sum(p.numel() for n, p in model.named_parameters()
                if include_aux or not n.startswith(("aux8", "aux16")))
+
+
+def count_flops(model: nn.Module, height: int = 360, width: int = 480) -> int:
+    """Floating-point operations of one inference forward pass (2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, height, width))
+    model.train(was_training)
+    return int(counter.get_total_flops())
