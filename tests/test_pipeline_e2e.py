@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from helpers import REPO, camvid_or_skip, count_video_frames, run_app, write_video
 
 
@@ -104,20 +106,14 @@ def _stop_and_check(process: subprocess.Popen, sig: int, expected_status: int, o
     assert frames > 0 and frames == len(read_metrics(metrics))
 
 
-def test_sigterm_stops_promptly_and_keeps_a_playable_video(assets, tmp_path):
+@pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
+                         ids=["SIGTERM", "ctrl-c"])
+def test_signal_stops_promptly_and_keeps_a_playable_video(assets, tmp_path, sig, status):
     out, metrics = tmp_path / "out.mp4", tmp_path / "m.jsonl"
     process = _start_and_wait_for_frames(
         ["--video", str(assets["video"]), "--model", str(assets["tiny"]), "--loop", "--pace",
          "realtime", "--headless", "--save", str(out), "--metrics", str(metrics)], metrics, 10)
-    _stop_and_check(process, signal.SIGTERM, 143, out, metrics)
-
-
-def test_ctrl_c_stops_promptly_and_keeps_a_playable_video(assets, tmp_path):
-    out, metrics = tmp_path / "out.mp4", tmp_path / "m.jsonl"
-    process = _start_and_wait_for_frames(
-        ["--video", str(assets["video"]), "--model", str(assets["tiny"]), "--loop", "--pace",
-         "realtime", "--headless", "--save", str(out), "--metrics", str(metrics)], metrics, 10)
-    _stop_and_check(process, signal.SIGINT, 130, out, metrics)
+    _stop_and_check(process, sig, status, out, metrics)
 
 
 def test_hard_kill_leaves_a_playable_mkv(assets, tmp_path):
