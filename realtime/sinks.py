@@ -103,11 +103,17 @@ class Window:
 
     def __init__(self, title: str):
         self.title = title
+        self.sized = False
         cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
 
     def show(self, frame: np.ndarray | None) -> bool:
         """Show a frame (or just pump events); returns True when the user asked to quit."""
         if frame is not None:
+            if not self.sized:  # open at the video's size (capped), still resizable
+                height, width = frame.shape[:2]
+                scale = min(1.0, 1280 / width, 800 / height)
+                cv2.resizeWindow(self.title, int(width * scale), int(height * scale))
+                self.sized = True
             cv2.imshow(self.title, frame)
         key = cv2.waitKey(1) & 0xFF
         closed = cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1
