@@ -104,6 +104,11 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         raise SourceError("--max-frames must be at least 1")
     source = open_source(args.video, args.camera, args.images, args.loop, args.fps,
                          tuple(args.camera_size) if args.camera_size else None)
+    backend = engines.backend_for(args.model) if args.backend == "auto" else args.backend
+    if backend == "onnxruntime" and args.precision not in ("auto", "fp32"):
+        raise EngineError(f"--precision {args.precision} with ONNX Runtime: the precision is the "
+                          f"ONNX file's; make one with python -m calibration --precision "
+                          f"{args.precision}, or add --backend tensorrt")
     # Inference shares the CPU with decode and render: ONNX Runtime must not spin-wait.
     engine = engines.load(args.model, args.backend, args.labels, threads=args.threads, spin=False,
                           precision=args.precision, calib=args.calib)

@@ -128,3 +128,16 @@ def test_bad_overlay_options(assets, flag, value, fragment):
     result = run_app("--video", str(assets["video"]), "--model", str(assets["tiny"]), "--headless",
                      flag, value)
     assert_one_line_error(result, fragment)
+
+
+def test_precision_flag_with_onnx_runtime_points_to_calibration(assets):
+    result = run_app("--video", str(assets["video"]), "--model", str(assets["tiny"]), "--headless",
+                     "--precision", "int8")
+    assert_one_line_error(result, "python -m calibration --precision int8", "--backend tensorrt")
+
+
+def test_unknown_model_suffix(assets, tmp_path):
+    weird = tmp_path / "model.bin"
+    weird.write_bytes(b"1234")
+    result = run_app("--video", str(assets["video"]), "--model", str(weird), "--headless")
+    assert_one_line_error(result, "unknown model type", ".onnx")
