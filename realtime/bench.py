@@ -171,6 +171,7 @@ def main(args: argparse.Namespace) -> int:
             engine = engines.load(model, args.backend, **args.engine_options)
             info = engine.info
             row: dict[str, Any] = {"model": Path(model).name, "backend": info.backend,
+                                   "threads": args.threads,
                                    "precision": info.precision, "device": info.device,
                                    "input": name, "frames": len(frames),
                                    "frame_size": [width, height], "decode_fps": decode_fps}
@@ -204,6 +205,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--images", help="image folder or quoted glob (e.g. the CamVid clip)")
     parser.add_argument("--model", type=Path, action="append", help="repeat for several models")
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="inference CPU threads, for the bare engine, the naive loop and the pipeline")
     parser.add_argument("--frames", type=int, default=None, help="use only the first N frames")
     parser.add_argument("--runs", type=int, default=200, help="timed engine calls")
     parser.add_argument("--warmup", type=int, default=20)
@@ -212,7 +215,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pipeline-args", nargs=argparse.REMAINDER, default=[],
                         help="extra run.py arguments for the pipeline run (last on the line)")
     args = parser.parse_args(argv)
-    args.engine_options = {}
+    args.engine_options = {"threads": args.threads} if args.threads else {}
+    if args.threads:
+        args.pipeline_args = ["--threads", str(args.threads), *args.pipeline_args]
     return args
 
 
