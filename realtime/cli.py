@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -71,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--calib", default=None, help="int8 TensorRT: calibration video/folder/glob")
     model.add_argument("--labels", type=Path, default=None,
                        help="JSON class table for a model without one (see README)")
-    model.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+    model.add_argument("--threads", type=int, default=None,
+                       help="CPU threads per inference call (default: cores / workers)")
+    model.add_argument("--workers", type=int, default=None,
+                       help="parallel inference threads (default: 2 for ONNX Runtime with --pace "
+                            "all on a multi-core CPU, else 1); frames stay in order")
 
     view = parser.add_argument_group("overlay")
     view.add_argument("--classes", default="drivable,objects",
@@ -96,6 +101,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def inference_threads(backend: str, pace: str, workers: int | None,
+                      threads: int | None) -> tuple[int, int | None]:
+    """How many inference threads, and CPU threads per call.
+
+    On a CPU, one call spread over every core stalls whenever decode or render takes a core
+    from it (each parallel step waits for its slowest thread); two single-core calls in
+    flight degrade gracefully instead. That is for throughput (--pace all); live input keeps
+    one call on all cores for the lowest latency. Other backends run one call at a time.
+    """
+    cores = os.cpu_count() or 1
+    if workers is None:
+        workers = 2 if backend == "onnxruntime" and pace == "all" and cores >= 2 else 1
+    if workers < 1:
+        raise EngineError("--workers must be at least 1")
+    if workers > 1 and backend != "onnxruntime":
+        raise EngineError(f"--workers {workers}: only the ONNX Runtime backend runs calls in "
+                          "parallel; use --workers 1")
+    if threads is None and workers > 1:
+        threads = max(1, cores // workers)
+    return workers, threads
+
+
 def build_pipeline(args: argparse.Namespace) -> Pipeline:
     """Open everything that can fail on bad input, before any thread starts."""
     if not 0.0 <= args.alpha <= 1.0:
@@ -109,14 +136,15 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         raise EngineError(f"--precision {args.precision} with ONNX Runtime: the precision is the "
                           f"ONNX file's; make one with python -m calibration --precision "
                           f"{args.precision}, or add --backend tensorrt")
+    pace = args.pace or ("realtime" if source.live else "all")
+    workers, threads = inference_threads(backend, pace, args.workers, args.threads)
     # Inference shares the CPU with decode and render: ONNX Runtime must not spin-wait.
-    engine = engines.load(args.model, args.backend, args.labels, threads=args.threads, spin=False,
+    engine = engines.load(args.model, args.backend, args.labels, threads=threads, spin=False,
                           precision=args.precision, calib=args.calib)
     try:
         shown = parse_class_selection(args.classes, engine.info.classes)
     except ValueError as error:
         raise EngineError(str(error)) from None
-    pace = args.pace or ("realtime" if source.live else "all")
     video = VideoSink(args.save, source.fps) if args.save else None
     metrics = MetricsSink(args.metrics) if args.metrics else None
     show = display_available() if args.show is None else args.show
@@ -126,7 +154,7 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
     window = Window(f"roadseg - {source.name}") if show else None
     options = PipelineOptions(pace=pace, max_frames=args.max_frames, alpha=args.alpha,
                               shown_ids=shown, outline=args.outline, hud=args.hud,
-                              legend=args.legend)
+                              legend=args.legend, workers=workers)
     return Pipeline(source, engine, options, video=video, metrics=metrics, window=window)
 
 

@@ -102,7 +102,17 @@ class Packet:
     capture_fps: float
     timings: dict[str, float] = field(default_factory=dict)
     labels: np.ndarray | None = None
-    infer_fps: float = 0.0
+    sequence: int = 0  # order in which inference took the frame (render restores this order)
+
+
+@dataclass
+class RenderState:
+    """What the render thread carries from frame to frame (owned by that thread alone)."""
+
+    display_meter: RateMeter = field(default_factory=RateMeter)
+    infer_meter: RateMeter = field(default_factory=RateMeter)
+    legend: np.ndarray | None = None
+    latency_ms: float = 0.0  # smoothed, for the HUD
 
 
 @dataclass
@@ -116,6 +126,7 @@ class PipelineOptions:
     legend: bool = True
     warmup: int = 5
     queue_size: int = 4
+    workers: int = 1  # inference threads; >1 needs an engine whose infer() is thread-safe
 
 
 class Pipeline:
@@ -127,7 +138,7 @@ class Pipeline:
         self.source, self.engine, self.options = source, engine, options
         self.video, self.metrics, self.window = video, metrics, window
         self.stop_event = threading.Event()
-        self.ready = threading.Event()  # set by the inference thread after warm-up
+        self.ready = threading.Event()  # set once every inference thread has warmed up
         self.finished = threading.Event()  # set by the render thread after the last frame
         self.stop_reason = ""
         self.palette = Palette.build(engine.info.classes, options.shown_ids)
@@ -138,6 +149,11 @@ class Pipeline:
         self.dropped = 0
         self._error: PipelineError | None = None
         self._error_lock = threading.Lock()
+        # Inference threads share these, always under the lock.
+        self._infer_lock = threading.Lock()
+        self._warmed = 0
+        self._running_workers = options.workers
+        self._next_sequence = 0
 
     def channel_in(self) -> LatestSlot | BoundedChannel:
         return LatestSlot() if self.options.pace == "realtime" else BoundedChannel(self.options.queue_size)
@@ -165,7 +181,9 @@ class Pipeline:
     def _capture(self) -> None:
         height, width = self.engine.info.input_size
         pace = self.options.pace == "realtime" and not self.source.live
-        self.ready.wait()
+        while not self.ready.wait(POLL_S):
+            if self.stop_event.is_set():
+                return
         meter, decode, resize = RateMeter(), StageTimer(), StageTimer()
         frames = self.source.frames(self.stop_event)
         start = time.monotonic()
@@ -206,27 +224,45 @@ class Pipeline:
         blank = np.zeros((1, height, width, 3), np.uint8)
         for _ in range(self.options.warmup):
             self.engine.infer(blank)
-        self.ready.set()
-        meter, timer = RateMeter(), StageTimer()
+        with self._infer_lock:
+            self._warmed += 1
+            if self._warmed == self.options.workers:
+                self.ready.set()
+        timer = StageTimer()
         while not self.stop_event.is_set():
-            packet = self.frames_in.get(POLL_S)
+            # Take the next frame and its sequence number together, so that the render thread
+            # can put frames from several inference threads back in capture order.
+            with self._infer_lock:
+                packet = self.frames_in.get(POLL_S)
+                if isinstance(packet, Packet):
+                    packet.sequence = self._next_sequence
+                    self._next_sequence += 1
             if packet is None:
                 continue
             if packet is END:
-                self.results.put(END, self.stop_event)
+                self._finish_worker()
                 return
             # Queue wait tells whether inference keeps up (it grows when it does not).
             packet.timings["wait"] = (time.perf_counter() - packet.captured_at) * 1000.0
             with timer:
                 packet.labels = self.engine.infer(packet.model_input)[0]
             packet.timings["infer"] = timer.ms
-            packet.infer_fps = meter.tick()
             self.results.put(packet, self.stop_event)
 
+    def _finish_worker(self) -> None:
+        """Pass the end marker on: to the other inference threads, and downstream once all are done."""
+        with self._infer_lock:
+            self._running_workers -= 1
+            last = self._running_workers == 0
+        if last:
+            self.results.put(END, self.stop_event)
+        else:
+            self.frames_in.put(END, self.stop_event)
+
     def _render(self) -> None:
-        meter, render, write = RateMeter(), StageTimer(), StageTimer()
-        legend = None
-        latency_ewma = 0.0
+        pending: dict[int, Packet] = {}  # frames that overtook an earlier one (workers > 1)
+        next_sequence = 0
+        state = RenderState()
         while not self.stop_event.is_set():
             packet = self.results.get(POLL_S)
             if packet is None:
@@ -234,44 +270,56 @@ class Pipeline:
             if packet is END:
                 self.finished.set()
                 return
-            # Overlay at the frame's own resolution, then the telemetry text and the legend.
-            with render:
-                frame = overlay(packet.image, packet.labels, self.palette, self.options.alpha,
-                                self.options.outline)
-                if self.options.hud:
-                    draw_hud(frame, [
-                        f"capture {packet.capture_fps:5.1f} FPS   display {meter.fps:5.1f} FPS",
-                        f"infer {packet.infer_fps:5.1f} FPS  {packet.timings['infer']:5.1f} ms",
-                        f"latency {latency_ewma:5.1f} ms   dropped {packet.dropped}",
-                    ])
-                if self.options.legend:
-                    if legend is None:
-                        legend = make_legend(self.engine.info.classes, self.options.shown_ids,
-                                             frame.shape[1])
-                    paste_legend(frame, legend)
-            # Write / show; latency ends when the frame has left the pipeline.
-            with write:
-                if self.video is not None:
-                    self.video.write(frame)
-                if self.window is not None:
-                    self.to_window.put(frame, self.stop_event)
-            packet.timings["render"], packet.timings["write"] = render.ms, write.ms
-            latency = (time.perf_counter() - packet.captured_at) * 1000.0
-            packet.timings["latency"] = latency
-            latency_ewma = latency if latency_ewma == 0 else latency_ewma + 0.1 * (latency - latency_ewma)
-            meter.tick()
-            self.recorder.add(packet.timings)
-            if self.metrics is not None:
-                self.metrics.write({"index": packet.index, "capture_time": round(packet.captured_at - self.recorder.started, 6),
-                                    **{f"{k}_ms": round(v, 3) for k, v in packet.timings.items()},
-                                    "dropped": packet.dropped, "corrupt": packet.corrupt})
+            state.infer_meter.tick()
+            # Restore capture order, then render every frame that is next in line.
+            pending[packet.sequence] = packet
+            while next_sequence in pending:
+                self._render_one(pending.pop(next_sequence), state)
+                next_sequence += 1
+
+    def _render_one(self, packet: Packet, state: "RenderState") -> None:
+        render, write = StageTimer(), StageTimer()
+        # Overlay at the frame's own resolution, then the telemetry text and the legend.
+        with render:
+            frame = overlay(packet.image, packet.labels, self.palette, self.options.alpha,
+                            self.options.outline)
+            if self.options.hud:
+                draw_hud(frame, [
+                    f"capture {packet.capture_fps:5.1f} FPS   display {state.display_meter.fps:5.1f} FPS",
+                    f"infer {state.infer_meter.fps:5.1f} FPS  {packet.timings['infer']:5.1f} ms",
+                    f"latency {state.latency_ms:5.1f} ms   dropped {packet.dropped}",
+                ])
+            if self.options.legend:
+                if state.legend is None:
+                    state.legend = make_legend(self.engine.info.classes, self.options.shown_ids,
+                                               frame.shape[1])
+                paste_legend(frame, state.legend)
+        # Write / show; latency ends when the frame has left the pipeline.
+        with write:
+            if self.video is not None:
+                self.video.write(frame)
+            if self.window is not None:
+                self.to_window.put(frame, self.stop_event)
+        # Record the frame's timings.
+        latency = (time.perf_counter() - packet.captured_at) * 1000.0
+        packet.timings.update(render=render.ms, write=write.ms, latency=latency)
+        state.latency_ms = latency if state.latency_ms == 0 else state.latency_ms + 0.1 * (latency - state.latency_ms)
+        state.display_meter.tick()
+        self.recorder.add(packet.timings)
+        if self.metrics is not None:
+            self.metrics.write({"index": packet.index,
+                                "capture_time": round(packet.captured_at - self.recorder.started, 6),
+                                **{f"{k}_ms": round(v, 3) for k, v in packet.timings.items()},
+                                "dropped": packet.dropped, "corrupt": packet.corrupt})
 
     # -- main thread ----------------------------------------------------------------------
     def run(self) -> dict:
         """Run to the end of input or until stop(); returns the summary, raises PipelineError."""
+        stages = [("capture", self._capture)]
+        stages += [("inference", self._infer)] * self.options.workers
+        stages += [("render", self._render)]
         workers = [threading.Thread(target=self._guarded(name, body), name=name, daemon=True)
-                   for name, body in (("capture", self._capture), ("inference", self._infer),
-                                      ("render", self._render))]
+                   for name, body in stages]
         for worker in workers:
             worker.start()
         try:

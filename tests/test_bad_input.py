@@ -141,3 +141,13 @@ def test_unknown_model_suffix(assets, tmp_path):
     weird.write_bytes(b"1234")
     result = run_app("--video", str(assets["video"]), "--model", str(weird), "--headless")
     assert_one_line_error(result, "unknown model type", ".onnx")
+
+
+def test_parallel_workers_need_a_thread_safe_backend(tmp_path):
+    from realtime.cli import inference_threads
+    from engines.base import EngineError
+
+    assert inference_threads("onnxruntime", "realtime", None, None)[0] == 1
+    assert inference_threads("onnxruntime", "all", 1, 4) == (1, 4)
+    with pytest.raises(EngineError, match="--workers 1"):
+        inference_threads("tensorrt", "all", 2, None)

@@ -19,11 +19,13 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_video_pace_all_frames_in_equal_frames_out(assets, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_video_pace_all_frames_in_equal_frames_out(assets, tmp_path, workers):
+    # With two inference threads frames finish out of order; they must be written in order.
     out, metrics, summary = tmp_path / "out.mp4", tmp_path / "m.jsonl", tmp_path / "s.json"
     result = run_app("--video", str(assets["video"]), "--model", str(assets["tiny"]), "--pace", "all",
                      "--headless", "--save", str(out), "--metrics", str(metrics),
-                     "--summary-json", str(summary))
+                     "--summary-json", str(summary), "--workers", workers)
     assert result.returncode == 0, result.stderr
     frames_in, size_in = count_video_frames(assets["video"])
     frames_out, size_out = count_video_frames(out)
