@@ -58,7 +58,7 @@ class ConfusionMatrix:
             "pixel_accuracy": self.pixel_accuracy(),
             "mean_iou": self.mean_iou(),
             "per_class_iou": {name: (None if np.isnan(v) else float(v))
-                              for name, v in zip(class_names, ious)},
+                              for name, v in zip(class_names, ious, strict=True)},
             "pixels": int(self.matrix.sum()),
         }
         if drivable_ids:

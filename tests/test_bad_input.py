@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import cv2
 import numpy as np
 import pytest
 
-from helpers import contract_model, run_app, write_video
+from helpers import contract_model, run_app
 
 
 def assert_one_line_error(result, *fragments: str, status: int = 2) -> None:

@@ -39,7 +39,7 @@ def evaluate_engine(engine: Engine, images: np.ndarray, labels: np.ndarray,
             batch = np.stack([cv2.resize(im, (width, height), interpolation=cv2.INTER_LINEAR)
                               for im in batch])
         predictions = engine.infer(batch)
-        for prediction, truth in zip(predictions, labels[start:start + batch_size]):
+        for prediction, truth in zip(predictions, labels[start:start + batch_size], strict=True):
             if prediction.shape != truth.shape:
                 prediction = cv2.resize(prediction.astype(np.uint8), truth.shape[::-1],
                                         interpolation=cv2.INTER_NEAREST)
