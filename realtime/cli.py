@@ -131,31 +131,40 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         raise SourceError("--max-frames must be at least 1")
     source = open_source(args.video, args.camera, args.images, args.loop, args.fps,
                          tuple(args.camera_size) if args.camera_size else None)
-    backend = engines.backend_for(args.model) if args.backend == "auto" else args.backend
-    if backend == "onnxruntime" and args.precision not in ("auto", "fp32"):
-        raise EngineError(f"--precision {args.precision} with ONNX Runtime: the precision is the "
-                          f"ONNX file's; make one with python -m calibration --precision "
-                          f"{args.precision}, or add --backend tensorrt")
-    pace = args.pace or ("realtime" if source.live else "all")
-    workers, threads = inference_threads(backend, pace, args.workers, args.threads)
-    # Inference shares the CPU with decode and render: ONNX Runtime must not spin-wait.
-    engine = engines.load(args.model, args.backend, args.labels, threads=threads, spin=False,
-                          precision=args.precision, calib=args.calib)
+    opened: list = [source]  # closed again if a later step refuses the input
     try:
-        shown = parse_class_selection(args.classes, engine.info.classes)
-    except ValueError as error:
-        raise EngineError(str(error)) from None
-    video = VideoSink(args.save, source.fps) if args.save else None
-    metrics = MetricsSink(args.metrics) if args.metrics else None
-    show = display_available() if args.show is None else args.show
-    if show and not display_available():
-        raise SinkError("--show: no display available (no $DISPLAY, or OpenCV built without "
-                        "GUI); use --headless with --save")
-    window = Window(f"roadseg - {source.name}") if show else None
-    options = PipelineOptions(pace=pace, max_frames=args.max_frames, alpha=args.alpha,
-                              shown_ids=shown, outline=args.outline, hud=args.hud,
-                              legend=args.legend, workers=workers)
-    return Pipeline(source, engine, options, video=video, metrics=metrics, window=window)
+        backend = engines.backend_for(args.model) if args.backend == "auto" else args.backend
+        if backend == "onnxruntime" and args.precision not in ("auto", "fp32"):
+            raise EngineError(f"--precision {args.precision} with ONNX Runtime: the precision is the "
+                              f"ONNX file's; make one with python -m calibration --precision "
+                              f"{args.precision}, or add --backend tensorrt")
+        pace = args.pace or ("realtime" if source.live else "all")
+        workers, threads = inference_threads(backend, pace, args.workers, args.threads)
+        # Inference shares the CPU with decode and render: ONNX Runtime must not spin-wait.
+        engine = engines.load(args.model, args.backend, args.labels, threads=threads, spin=False,
+                              precision=args.precision, calib=args.calib)
+        opened.append(engine)
+        try:
+            shown = parse_class_selection(args.classes, engine.info.classes)
+        except ValueError as error:
+            raise EngineError(str(error)) from None
+        video = VideoSink(args.save, source.fps) if args.save else None
+        metrics = MetricsSink(args.metrics) if args.metrics else None
+        if metrics is not None:
+            opened.append(metrics)
+        show = display_available() if args.show is None else args.show
+        if show and not display_available():
+            raise SinkError("--show: no display available (no $DISPLAY, or OpenCV built without "
+                            "GUI); use --headless with --save")
+        window = Window(f"roadseg - {source.name}") if show else None
+        options = PipelineOptions(pace=pace, max_frames=args.max_frames, alpha=args.alpha,
+                                  shown_ids=shown, outline=args.outline, hud=args.hud,
+                                  legend=args.legend, workers=workers)
+        return Pipeline(source, engine, options, video=video, metrics=metrics, window=window)
+    except BaseException:
+        for resource in opened:
+            resource.close()
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
