@@ -62,7 +62,7 @@ class OnnxRuntimeEngine:
                               "input")
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
-        self.input_layout = self._check_input(path, inputs[0], labels)
+        self.input_layout = self._check_input(path, inputs[0])
         self.output_kind = self._check_output(path, outputs[0])
         classes = self._class_table(path, labels, outputs[0])
         height, width = self._input_size(inputs[0], labels)
@@ -76,7 +76,7 @@ class OnnxRuntimeEngine:
                                    "provenance": self.metadata.get("provenance", {})})
 
     # -- model inspection -----------------------------------------------------------------
-    def _check_input(self, path: Path, node: Any, labels: dict | None) -> str:
+    def _check_input(self, path: Path, node: Any) -> str:
         shape = node.shape
         if len(shape) != 4:
             raise EngineError(f"{path}: input {node.name!r} has shape {shape}; expected an image "
