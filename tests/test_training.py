@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch", reason="training tests need the [train] ext
 import engines  # noqa: E402
 from helpers import camvid_or_skip  # noqa: E402
 from training import evaluate as evaluate_cli  # noqa: E402
+from training import export as export_cli  # noqa: E402
 from training import train  # noqa: E402
 from training.camvid import CamVid  # noqa: E402
 from training.data import augment_batch  # noqa: E402
@@ -54,6 +55,28 @@ def test_checkpoint_reloads_strictly_and_resumes(tiny_run):
                              "--resume", str(out / "last.pt")])
     assert train.main(args) == 0
     assert load_checkpoint_model(out / "last.pt")[1]["epoch"] == 12
+
+
+def test_warm_restart_counts_prior_epochs_in_exported_provenance(tiny_run, tmp_path):
+    camvid = camvid_or_skip()
+    source = tmp_path / "source.pt"
+    source.write_bytes((tiny_run[0] / "last.pt").read_bytes())
+    source_epochs = load_checkpoint_model(source)[1]["epoch"] + 1
+    out = tmp_path / "restart"
+    args = train.parse_args(["--data", str(camvid), "--limit", "2", "--crop", "96", "128",
+                             "--batch-size", "2", "--epochs", "2", "--eval-every", "2",
+                             "--model-size", "small", "--splits", "train", "val",
+                             "--out", str(out), "--no-progress", "--init", str(source)])
+    assert train.main(args) == 0
+    onnx_path = tmp_path / "restart.onnx"
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(out / "last.pt"), "--out", str(onnx_path), "--data", str(camvid)])) == 0
+    provenance = engines.load(onnx_path).info.details["provenance"]
+    assert provenance["epochs"] == source_epochs + 2
+    assert provenance["warm_restart"]["prior_epochs"] == source_epochs
+    assert provenance["train_splits"] == ["train", "val"]
+    with pytest.raises(SystemExit):
+        train.parse_args(["--init", str(source), "--resume", str(source)])
 
 
 def test_augmentation_keeps_image_and_label_aligned():

