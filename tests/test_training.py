@@ -9,15 +9,19 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training tests need the [train] extra (torch)")
 
-import engines  # noqa: E402
-from helpers import camvid_or_skip  # noqa: E402
-from training import evaluate as evaluate_cli  # noqa: E402
-from training import export as export_cli  # noqa: E402
-from training import train  # noqa: E402
-from training.camvid import CamVid  # noqa: E402
-from training.data import augment_batch  # noqa: E402
-from training.export import compare_with_torch, export_onnx, load_checkpoint_model  # noqa: E402
-from training.model import build_model, count_parameters  # noqa: E402
+from helpers import camvid_or_skip
+
+import engines
+from training import evaluate as evaluate_cli
+from training import export as export_cli
+from training import (
+    frontier,
+    train,
+)
+from training.camvid import CamVid
+from training.data import augment_batch
+from training.export import compare_with_torch, export_onnx, load_checkpoint_model
+from training.model import build_model, count_parameters
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +143,16 @@ def test_torch_backend_matches_onnx_runtime_on_real_frames(tiny_run, tmp_path):
     assert torch_engine.info.backend == "torch" and torch_engine.info.precision == "fp32"
     agreement = (torch_engine.infer(frames) == engines.load(onnx_path).infer(frames)).mean()
     assert agreement >= 0.999
+
+
+def test_frontier_scores_a_trained_checkpoint(tiny_run, tmp_path, capsys):
+    camvid = camvid_or_skip()
+    args = frontier.parse_args(["--checkpoint", str(tiny_run[0] / "best.pt"), "--data", str(camvid),
+                                "--limit", "2", "--threads", "1", "--json", str(tmp_path / "f.json"),
+                                "--plot", str(tmp_path / "f.png")])
+    assert frontier.main(args) == 0
+    (row,) = json.loads((tmp_path / "f.json").read_text())
+    assert row["name"].startswith("small") and row["fps"] > 0
+    assert 0 <= row["val_miou"] <= 100 and 0 <= row["val_road_iou"] <= 100
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| val mIoU |" in capsys.readouterr().out

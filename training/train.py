@@ -168,7 +168,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"model {args.model_size}: {count_parameters(model) / 1e6:.3f} M parameters; "
           f"{len(train_images)} training frames from {args.splits}; device {args.device}")
 
-    log = open(args.out / "log.jsonl", "a")
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
         loss = train_one_epoch(model, optimizer, train_images, train_labels, weights, args,
@@ -182,8 +181,8 @@ def main(args: argparse.Namespace) -> int:
             record.update(val_miou=metrics["mean_iou"], val_road_iou=metrics["per_class_iou"]["Road"],
                           val_pixel_accuracy=metrics["pixel_accuracy"])
         print(json.dumps(record), flush=True)
-        log.write(json.dumps(record) + "\n")
-        log.flush()
+        with open(args.out / "log.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
         if metrics and metrics["mean_iou"] > best_miou:
             best_miou = metrics["mean_iou"]
             save_checkpoint(args.out / "best.pt", model, optimizer, epoch, args, best_miou,
@@ -193,7 +192,6 @@ def main(args: argparse.Namespace) -> int:
         if not math.isfinite(loss):
             print("loss is not finite; stopping (lower --lr)")
             return 1
-    log.close()
     if metrics:
         print(format_table(metrics, f"val metrics after {args.epochs} epochs"))
     return 0
