@@ -210,7 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=4e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--warmup-steps", type=int, default=200)
-    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--eval-every", type=int, default=1,
+                        help="validate every N epochs (CPU runs use 5-10 to save time)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N frames of each split")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
