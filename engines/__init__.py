@@ -1,6 +1,6 @@
 """Engines: one interface (`Engine`), small backends chosen by model file suffix.
 
-    engine = engines.load("engines/models/roadseg.onnx")
+    engine = engines.load("engines/models/roadseg.onnx")   # or a shipped name: "roadseg-small"
     labels = engine.infer(images)        # uint8 BGR [N, H, W, 3] → class ids [N, H, W]
 """
 
@@ -12,9 +12,31 @@ from typing import Any, Callable
 from engines.base import Engine, EngineError, EngineInfo
 from engines.labels import LabelsError, load_labels_file
 
-__all__ = ["Engine", "EngineError", "EngineInfo", "DEFAULT_MODEL", "load", "backend_for"]
+__all__ = ["Engine", "EngineError", "EngineInfo", "DEFAULT_MODEL", "load", "backend_for",
+           "resolve_model", "shipped_models"]
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "roadseg.onnx"
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL = MODELS_DIR / "roadseg.onnx"
+
+
+def shipped_models() -> list[str]:
+    """Names of the models that ship in engines/models (usable as --model NAME)."""
+    return sorted(path.stem for path in MODELS_DIR.glob("*.onnx"))
+
+
+def resolve_model(path: str | Path) -> Path:
+    """A model file path, or the name of a shipped model ("roadseg-small") → an existing file."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    shipped = MODELS_DIR / f"{path.name}.onnx"
+    if path.parent == Path(".") and not path.suffix and shipped.is_file():
+        return shipped
+    if path == DEFAULT_MODEL:
+        hint = "train and export it (README, 'Default model')"
+    else:
+        hint = f"check the --model path, or name a shipped model ({', '.join(shipped_models())})"
+    raise EngineError(f"model file {path} does not exist; {hint}")
 
 
 def _onnxruntime(path: Path, labels: dict | None, **options: Any) -> Engine:
@@ -68,16 +90,13 @@ def backend_for(path: Path) -> str:
 
 def load(path: str | Path = DEFAULT_MODEL, backend: str = "auto", labels: str | Path | None = None,
          **options: Any) -> Engine:
-    """Open a model file with the backend its suffix (or `backend`) selects.
+    """Open a model file (or a shipped model by name) with the backend its suffix (or
+    `backend`) selects.
 
     `labels` is a JSON class table for a model without one in its metadata (or to override it).
     Backend options (threads, precision, ...) pass through to the backend.
     """
-    path = Path(path)
-    if not path.is_file():
-        hint = ("train and export it (README, 'Default model')" if path == DEFAULT_MODEL
-                else "check the --model path")
-        raise EngineError(f"model file {path} does not exist; {hint}")
+    path = resolve_model(path)
     name = backend_for(path) if backend == "auto" else backend
     if name not in BACKENDS:
         raise EngineError(f"unknown backend {name!r}; available here: {', '.join(sorted(BACKENDS))}")

@@ -8,9 +8,15 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from engines.base import METADATA_KEY, EngineError, EngineInfo
 from engines.labels import ClassInfo, LabelsError, classes_from_json
+
+# What InferenceSession raises for a file it cannot load (pybind11 types, not RuntimeError).
+MODEL_LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
+                     ort_errors.InvalidArgument, ort_errors.NoSuchFile, ort_errors.NotImplemented,
+                     ort_errors.RuntimeException)
 
 DEFAULT_DYNAMIC_SIZE = (360, 480)
 
@@ -51,7 +57,7 @@ class OnnxRuntimeEngine:
         try:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=providers or ["CPUExecutionProvider"])
-        except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
+        except MODEL_LOAD_ERRORS as error:
             first_line = str(error).strip().splitlines()[0][:200]
             raise EngineError(f"{path} is not a loadable ONNX model ({first_line}); re-export it "
                               "or pass the right file with --model") from None

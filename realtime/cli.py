@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", type=Path, default=engines.DEFAULT_MODEL,
-                       help="model file: .onnx (default: the shipped CamVid model)")
+                       help="model file (.onnx, .pt, .engine) or a shipped model's name, e.g. "
+                            "roadseg-small (default: the shipped CamVid model)")
     model.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch", "tensorrt"],
                        help="auto: by file suffix (.onnx ONNX Runtime, .pt PyTorch, .engine TensorRT)")
     model.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"],
@@ -133,6 +134,7 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
                          tuple(args.camera_size) if args.camera_size else None)
     opened: list = [source]  # closed again if a later step refuses the input
     try:
+        args.model = engines.resolve_model(args.model)
         backend = engines.backend_for(args.model) if args.backend == "auto" else args.backend
         if backend == "onnxruntime" and args.precision not in ("auto", "fp32"):
             raise EngineError(f"--precision {args.precision} with ONNX Runtime: the precision is the "

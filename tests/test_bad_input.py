@@ -78,6 +78,11 @@ def test_missing_model(assets, tmp_path):
     assert_one_line_error(result, "does not exist", "--model")
 
 
+def test_unknown_model_name_lists_the_shipped_models(assets):
+    result = run_app("--video", str(assets["video"]), "--model", "roadseg-huge", "--headless")
+    assert_one_line_error(result, "does not exist", "roadseg")
+
+
 def test_model_file_that_is_not_onnx(assets, tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00" * 100)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import engines
 from helpers import REPO, camvid_or_skip, count_video_frames, run_app, write_video
 
 
@@ -51,6 +52,19 @@ def test_camvid_clip_with_shipped_model(tmp_path):
     assert frames_in == frames_out == len(read_metrics(metrics)) == 101
     assert size == (480, 360)
     assert "onnxruntime fp32 480x360" in result.stderr
+
+
+@pytest.mark.parametrize("name", engines.shipped_models())
+def test_every_shipped_model_runs_by_name(assets, tmp_path, name):
+    # Users pick a shipped size with --model NAME; each must be a trained contract model.
+    provenance = engines.load(name).info.details["provenance"]
+    size = name.split("-", 1)[1] if "-" in name else "base"  # roadseg is the base size
+    assert provenance["epochs"] >= 100 and provenance["model_size"] == size
+    summary = tmp_path / "s.json"
+    result = run_app("--video", str(assets["video"]), "--model", name, "--headless",
+                     "--max-frames", "10", "--summary-json", str(summary))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(summary.read_text())["frames"] == 10
 
 
 def test_user_logits_model_with_labels_file(assets, tmp_path):
