@@ -277,7 +277,7 @@ class Pipeline:
                 self._render_one(pending.pop(next_sequence), state)
                 next_sequence += 1
 
-    def _render_one(self, packet: Packet, state: "RenderState") -> None:
+    def _render_one(self, packet: Packet, state: RenderState) -> None:
         render, write = StageTimer(), StageTimer()
         # Overlay at the frame's own resolution, then the telemetry text and the legend.
         with render:

@@ -14,10 +14,7 @@ from helpers import camvid_or_skip
 import engines
 from training import evaluate as evaluate_cli
 from training import export as export_cli
-from training import (
-    frontier,
-    train,
-)
+from training import frontier, train
 from training.camvid import CamVid
 from training.data import augment_batch
 from training.export import compare_with_torch, export_onnx, load_checkpoint_model

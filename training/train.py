@@ -27,7 +27,7 @@ from tqdm import tqdm
 from engines.labels import CAMVID_CLASSES, CAMVID_VOID
 from engines.metrics import ConfusionMatrix, format_table
 from training.data import augment_batch, class_weights, iterate_batches, load_splits
-from training.export import preprocess_bgr
+from training.export import preprocess_bgr, total_epochs
 from training.model import RoadSegNet, build_model, count_parameters
 
 AUX_WEIGHT = 0.4
@@ -162,7 +162,7 @@ def main(args: argparse.Namespace) -> int:
         checkpoint = torch.load(args.init, map_location=args.device, weights_only=False)
         model.load_state_dict(checkpoint["model"], strict=True)
         # Epochs behind these weights, so exported provenance counts the whole chain.
-        args.prior_epochs = checkpoint["args"].get("prior_epochs", 0) + checkpoint["epoch"] + 1
+        args.prior_epochs = total_epochs(checkpoint)
         print(f"initialised from {args.init} ({args.prior_epochs} epochs behind it); "
               f"new schedule of {args.epochs} epochs")
     print(f"model {args.model_size}: {count_parameters(model) / 1e6:.3f} M parameters; "
