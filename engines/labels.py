@@ -40,6 +40,13 @@ CAMVID_CLASSES: list[ClassInfo] = [
 ]
 CAMVID_VOID = 11
 
+# The project's models add the ego vehicle (the car's own hood and dashboard, which dashcams
+# see): never drivable, never overlaid, and not a CamVid class, so it is left out of CamVid
+# scores. Its id is CamVid's void id, so training moves void to TRAIN_IGNORE.
+EGO_CLASS = ClassInfo(11, "EgoVehicle", (0, 0, 0), "ignore")
+ROADSEG_CLASSES: list[ClassInfo] = [*CAMVID_CLASSES, EGO_CLASS]
+TRAIN_IGNORE = 255
+
 
 class LabelsError(ValueError):
     """A class table that cannot be used; the message names the problem and the fix."""

@@ -11,14 +11,21 @@ import numpy as np
 @dataclass
 class ConfusionMatrix:
     """Accumulates a [K, K] matrix (rows: ground truth, columns: prediction); ids ≥ K and the
-    `ignore_index` in the ground truth are left out."""
+    `ignore_index` in the ground truth are left out.
+
+    A prediction outside 0..K-1 (a model with classes the dataset lacks, such as the ego
+    vehicle) is a miss of the true class and a false positive of none: it is counted in
+    `missed`, one entry per true class.
+    """
 
     num_classes: int
     ignore_index: int | None = None
     matrix: np.ndarray = field(init=False)
+    missed: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        self.missed = np.zeros(self.num_classes, dtype=np.int64)
 
     def update(self, prediction: np.ndarray, target: np.ndarray) -> None:
         """Add one batch of integer label maps of equal shape."""
@@ -29,21 +36,21 @@ class ConfusionMatrix:
         keep = (target >= 0) & (target < self.num_classes)
         if self.ignore_index is not None:
             keep &= target != self.ignore_index
-        # Predictions outside the class range (never expected) count as errors of class 0's row
-        # but must not index out of the matrix.
-        prediction = np.clip(prediction[keep], 0, self.num_classes - 1)
-        codes = target[keep] * self.num_classes + prediction
+        target, prediction = target[keep], prediction[keep]
+        outside = (prediction < 0) | (prediction >= self.num_classes)
+        self.missed += np.bincount(target[outside], minlength=self.num_classes)
+        codes = target[~outside] * self.num_classes + prediction[~outside]
         self.matrix += np.bincount(codes, minlength=self.num_classes ** 2).reshape(
             self.num_classes, self.num_classes)
 
     def pixel_accuracy(self) -> float:
-        total = self.matrix.sum()
+        total = self.matrix.sum() + self.missed.sum()
         return float(np.trace(self.matrix) / total) if total else float("nan")
 
     def iou(self) -> np.ndarray:
         """Per-class IoU = TP / (TP + FP + FN); NaN for a class absent from truth and prediction."""
         tp = np.diag(self.matrix).astype(np.float64)
-        union = self.matrix.sum(0) + self.matrix.sum(1) - tp
+        union = self.matrix.sum(0) + self.matrix.sum(1) + self.missed - tp
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
 
@@ -59,7 +66,7 @@ class ConfusionMatrix:
             "mean_iou": self.mean_iou(),
             "per_class_iou": {name: (None if np.isnan(v) else float(v))
                               for name, v in zip(class_names, ious, strict=True)},
-            "pixels": int(self.matrix.sum()),
+            "pixels": int(self.matrix.sum() + self.missed.sum()),
         }
         if drivable_ids:
             merged = ConfusionMatrix(2)
@@ -68,6 +75,8 @@ class ConfusionMatrix:
                 for pred in (False, True):
                     merged.matrix[int(truth), int(pred)] = self.matrix[np.ix_(
                         is_drivable == truth, is_drivable == pred)].sum()
+            # A prediction outside the class table is not drivable.
+            merged.matrix[:, 0] += [self.missed[~is_drivable].sum(), self.missed[is_drivable].sum()]
             result["drivable_iou"] = float(merged.iou()[1])
         return result
 

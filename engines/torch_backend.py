@@ -7,6 +7,7 @@ that Python launches one graph instead of ~60 kernels per frame.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ import numpy as np
 import torch
 
 from engines.base import EngineError, EngineInfo
-from engines.labels import CAMVID_CLASSES
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -25,7 +25,7 @@ class TorchEngine:
     def __init__(self, path: Path, labels: dict[str, Any] | None = None, device: str = "auto",
                  precision: str = "auto", threads: int | None = None, cuda_graphs: bool = True,
                  input_size: tuple[int, int] = (360, 480), **_: Any):
-        from training.export import ContractWrapper, load_checkpoint_model
+        from training.export import ContractWrapper, checkpoint_classes, load_checkpoint_model
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -41,7 +41,7 @@ class TorchEngine:
             torch.set_num_threads(threads)
         try:
             net, checkpoint = load_checkpoint_model(path)
-        except (KeyError, RuntimeError, OSError) as error:
+        except (KeyError, RuntimeError, OSError, pickle.UnpicklingError, EOFError) as error:
             raise EngineError(f"{path} is not a checkpoint written by training.train ({error})") from None
         self.device = torch.device(device)
         self.dtype = DTYPES[precision]
@@ -50,7 +50,7 @@ class TorchEngine:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-        classes = labels["classes"] if labels else CAMVID_CLASSES[: checkpoint.get("num_classes", 11)]
+        classes = labels["classes"] if labels else checkpoint_classes(checkpoint)
         self.info = EngineInfo(
             path=Path(path), backend="torch", precision=precision, input_height=input_size[0],
             input_width=input_size[1], classes=classes, device=str(self.device),

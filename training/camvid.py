@@ -32,10 +32,20 @@ class CamVid:
     def __len__(self) -> int:
         return len(self.image_paths)
 
-    def load_images(self, limit: int | None = None) -> np.ndarray:
-        """uint8 BGR [N, H, W, 3] (OpenCV order, the model contract's order)."""
-        return np.stack([cv2.imread(str(p), cv2.IMREAD_COLOR) for p in self.image_paths[:limit]])
+    def sequences(self) -> list[str]:
+        """The drive each frame comes from (file names are <drive>_<frame>.png)."""
+        return [p.name.split("_")[0] for p in self.image_paths]
 
-    def load_labels(self, limit: int | None = None) -> np.ndarray:
+    def load_images(self, limit: int | None = None, indices: list[int] | None = None) -> np.ndarray:
+        """uint8 BGR [N, H, W, 3] (OpenCV order, the model contract's order)."""
+        paths = self._select(self.image_paths, limit, indices)
+        return np.stack([cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths])
+
+    def load_labels(self, limit: int | None = None, indices: list[int] | None = None) -> np.ndarray:
         """uint8 class ids [N, H, W]; 11 is void."""
-        return np.stack([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in self.label_paths[:limit]])
+        paths = self._select(self.label_paths, limit, indices)
+        return np.stack([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths])
+
+    @staticmethod
+    def _select(paths: list[Path], limit: int | None, indices: list[int] | None) -> list[Path]:
+        return [paths[i] for i in indices][:limit] if indices is not None else paths[:limit]

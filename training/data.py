@@ -18,14 +18,32 @@ from engines.labels import CAMVID_VOID
 from training.camvid import CamVid, DatasetError  # noqa: F401 - re-exported
 
 
-def load_splits(root: Path, splits: list[str], limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images [N, H, W, 3] uint8 BGR and labels [N, H, W] uint8 of several splits, concatenated."""
+def load_splits(root: Path, splits: list[str], limit: int | None = None,
+                sequences: set[str] | None = None,
+                exclude: set[str] = frozenset()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [N, H, W, 3] uint8 BGR and labels [N, H, W] uint8 of several splits, concatenated.
+
+    `sequences` keeps only frames of those drives, `exclude` drops frames of those drives (a
+    drive-disjoint validation holds one training drive out); `limit` applies per split after both.
+    """
     images, labels = [], []
     for split in splits:
         dataset = CamVid(root, split)
-        images.append(dataset.load_images(limit))
-        labels.append(dataset.load_labels(limit))
+        keep = [i for i, seq in enumerate(dataset.sequences())
+                if (sequences is None or seq in sequences) and seq not in exclude][:limit]
+        if not keep:
+            continue
+        images.append(dataset.load_images(indices=keep))
+        labels.append(dataset.load_labels(indices=keep))
+    if not images:
+        raise DatasetError(f"no CamVid frames in {root} {splits} for drives {sorted(sequences or [])}"
+                           f" (drives present: {sorted(drives(root, splits))})")
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def drives(root: Path, splits: list[str]) -> set[str]:
+    """The drive (sequence) names present in some splits, e.g. {'0001TP', '0006R0', '0016E5'}."""
+    return {seq for split in splits for seq in CamVid(root, split).sequences()}
 
 
 def class_weights(labels: torch.Tensor, num_classes: int, c: float = 1.02) -> torch.Tensor:
@@ -44,8 +62,9 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 
 def augment_batch(images: torch.Tensor, labels: torch.Tensor, crop: tuple[int, int],
                   scale_range: tuple[float, float] = (0.5, 2.0),
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random scale, crop (void-padded), horizontal flip and photometric jitter.
+                  generator: torch.Generator | None = None,
+                  fill_label: int = CAMVID_VOID) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random scale, crop (padded with `fill_label`), horizontal flip and photometric jitter.
 
     images: uint8 [B, H, W, 3] BGR; labels: uint8 [B, H, W]. Returns uint8 images in the same
     NHWC layout (the model wrapper's preprocessing is reused) and int64 labels [B, ch, cw].
@@ -54,7 +73,7 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, crop: tuple[int, i
     crop_h, crop_w = crop
     device = images.device
     out_images = torch.zeros((len(images), crop_h, crop_w, 3), dtype=torch.uint8, device=device)
-    out_labels = torch.full((len(images), crop_h, crop_w), CAMVID_VOID, dtype=torch.int64, device=device)
+    out_labels = torch.full((len(images), crop_h, crop_w), fill_label, dtype=torch.int64, device=device)
 
     def uniform(low: float, high: float) -> float:
         return low + (high - low) * torch.rand((), generator=generator).item()

@@ -3,6 +3,8 @@ on labelled CamVid frames, with the one shared confusion matrix.
 
     python -m training.evaluate --model engines/models/roadseg.onnx --data ../shared/data/camvid
     python -m training.evaluate --model runs/base/best.pt --split val --json metrics.json
+    python -m training.evaluate --corrupt all          # clean + each corruption, ratio to clean
+    python -m training.evaluate --drives 0006R0 --split train    # one drive of a split
 """
 
 from __future__ import annotations
@@ -18,19 +20,21 @@ import numpy as np
 
 import engines
 from engines.base import Engine, EngineError
-from engines.labels import CAMVID_VOID
+from engines.labels import CAMVID_CLASSES, CAMVID_VOID
 from engines.metrics import ConfusionMatrix, format_table
 from training.camvid import CamVid, DatasetError
+from training.corruptions import CORRUPTIONS, corrupt_frames
 
 
 def evaluate_engine(engine: Engine, images: np.ndarray, labels: np.ndarray,
                     batch_size: int = 1) -> dict[str, Any]:
-    """Run the engine on uint8 BGR frames and score its class ids against the label maps.
+    """Run the engine on uint8 BGR frames and score its class ids against CamVid label maps.
 
     Frames are resized to the engine's input size when they differ, and predictions are
-    brought back to the label size with nearest-neighbour, as the renderer does.
+    brought back to the label size with nearest-neighbour, as the renderer does. Only CamVid's
+    11 classes are scored; a model's extra classes (the ego vehicle) count as misses.
     """
-    classes = engine.info.classes
+    classes = engine.info.classes[:len(CAMVID_CLASSES)]
     matrix = ConfusionMatrix(len(classes), ignore_index=CAMVID_VOID)
     height, width = engine.info.input_size
     for start in range(0, len(images), batch_size):
@@ -55,12 +59,35 @@ def main(args: argparse.Namespace) -> int:
     except (EngineError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    images, labels = dataset.load_images(args.limit), dataset.load_labels(args.limit)
+    keep = [i for i, drive in enumerate(dataset.sequences()) if not args.drives or drive in args.drives]
+    if not keep:
+        print(f"error: no frames of drives {args.drives} in CamVid {args.split} (it has "
+              f"{sorted(set(dataset.sequences()))})", file=sys.stderr)
+        return 2
+    images = dataset.load_images(args.limit, indices=keep)
+    labels = dataset.load_labels(args.limit, indices=keep)
+    where = f"CamVid {args.split}{f' drives {args.drives}' if args.drives else ''}, {len(images)} frames"
     summary = evaluate_engine(engine, images, labels, args.batch_size)
     summary.update(model=str(args.model), backend=engine.info.backend,
-                   precision=engine.info.precision, split=args.split, frames=len(images))
-    print(format_table(summary, f"{args.model} ({engine.info.backend} {engine.info.precision}) "
-                                f"on CamVid {args.split}, {len(images)} frames"))
+                   precision=engine.info.precision, split=args.split, drives=args.drives,
+                   frames=len(images))
+    print(format_table(summary, f"{args.model} ({engine.info.backend} {engine.info.precision}) on {where}"))
+    if args.corrupt:
+        names = list(CORRUPTIONS) if args.corrupt == "all" else [args.corrupt]
+        summary["corrupted"] = {}
+        for name in names:
+            corrupted = corrupt_frames(images, name, args.severity, args.seed)
+            result = evaluate_engine(engine, corrupted, labels, args.batch_size)
+            result["ratio_to_clean"] = result["mean_iou"] / summary["mean_iou"]
+            summary["corrupted"][name] = result
+        print(f"\ncorruptions (severity {args.severity}, seed {args.seed}) on {where}")
+        print(f"{'corruption':<12}{'mIoU %':>8}{'Road %':>8}{'x clean':>9}")
+        print(f"{'clean':<12}{summary['mean_iou'] * 100:>8.2f}"
+              f"{summary['per_class_iou']['Road'] * 100:>8.2f}{1:>9.2f}")
+        for name, result in summary["corrupted"].items():
+            print(f"{name:<12}{result['mean_iou'] * 100:>8.2f}"
+                  f"{result['per_class_iou']['Road'] * 100:>8.2f}{result['ratio_to_clean']:>9.2f}")
+    engine.close()
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0
@@ -68,12 +95,19 @@ def main(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=engines.DEFAULT_MODEL)
+    parser.add_argument("--model", default=str(engines.DEFAULT_MODEL),
+                        help="a model file or a shipped model's name")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--split", default="val")
+    parser.add_argument("--drives", nargs="*", default=[], metavar="DRIVE",
+                        help="score only these drives of the split (e.g. the held-out 0006R0)")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--corrupt", choices=[*CORRUPTIONS, "all"], default=None,
+                        help="also score under a fixed corruption (or all of them)")
+    parser.add_argument("--severity", type=int, choices=[1, 2, 3], default=2)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics as JSON")
     return parser.parse_args(argv)
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from engines.base import METADATA_KEY
 from engines.cache import file_sha256
-from engines.labels import CAMVID_CLASSES, ClassInfo, classes_to_json
+from engines.labels import CAMVID_CLASSES, ClassInfo, classes_from_json, classes_to_json
 from training.camvid import CamVid
 from training.model import RoadSegNet, build_model
 
@@ -102,10 +102,18 @@ def compare_with_torch(net: RoadSegNet, onnx_path: Path, images: np.ndarray) -> 
 
 def load_checkpoint_model(path: Path) -> tuple[RoadSegNet, dict[str, Any]]:
     """Rebuild the network a checkpoint was trained with and load its weights strictly."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint is tensors and plain types, so a file that carries code is refused.
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     net = build_model(checkpoint["args"]["model_size"], checkpoint.get("num_classes", 11))
     net.load_state_dict(checkpoint["model"], strict=True)
     return net.eval(), checkpoint
+
+
+def checkpoint_classes(checkpoint: dict[str, Any]) -> list[ClassInfo]:
+    """The class table a checkpoint was trained with (older checkpoints: CamVid's)."""
+    if "classes" in checkpoint:
+        return classes_from_json(checkpoint["classes"], "checkpoint")
+    return CAMVID_CLASSES[:checkpoint.get("num_classes", len(CAMVID_CLASSES))]
 
 
 def total_epochs(checkpoint: dict[str, Any]) -> int:
@@ -122,7 +130,9 @@ def checkpoint_provenance(checkpoint: dict[str, Any], path: Path) -> dict[str, A
         "train_splits": train_args["splits"],
         "epochs": total_epochs(checkpoint),
         "model_size": train_args["model_size"],
-        "recipe": {key: train_args[key] for key in ("lr", "batch_size", "crop", "scale", "seed")},
+        "recipe": {key: train_args[key] for key in ("lr", "batch_size", "crop", "scale", "seed",
+                                                    "final_crop", "final_epochs", "robust", "hood",
+                                                    "amp", "holdout") if key in train_args},
         "metrics": checkpoint.get("metrics", {}),
         "checkpoint_sha256": file_sha256(path),
     }
@@ -134,7 +144,8 @@ def checkpoint_provenance(checkpoint: dict[str, Any], path: Path) -> dict[str, A
 def main(args: argparse.Namespace) -> int:
     net, checkpoint = load_checkpoint_model(args.checkpoint)
     provenance = checkpoint_provenance(checkpoint, args.checkpoint)
-    export_onnx(net, args.out, args.height, args.width, provenance=provenance)
+    export_onnx(net, args.out, args.height, args.width, classes=checkpoint_classes(checkpoint),
+                provenance=provenance)
     frames = CamVid(args.data, "val").load_images(limit=8)
     agreement = compare_with_torch(net, args.out, frames)
     size_mb = args.out.stat().st_size / 1e6

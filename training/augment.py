@@ -1,0 +1,153 @@
+"""Robustness augmentation for training: night, weather, sensor and lens effects, and a
+synthetic ego-vehicle hood, applied to whole batches on the training device.
+
+Photometric effects leave the labels unchanged. They come from kornia's augmentation module
+where it has them (rain, snow, motion blur, noise, JPEG, plasma shadows for lens dirt); night
+glare and fog have no kornia op and are written here as a few tensor operations.
+
+The hood is the one geometric effect: dashcams see their own car, which is not drivable, so a
+hood-shaped region is painted at the bottom of some crops and labelled as the ego class.
+"""
+
+from __future__ import annotations
+
+import kornia.augmentation as K
+import torch
+
+
+def _uniform(shape: tuple[int, ...], low: float, high: float, device: torch.device,
+             generator: torch.Generator | None) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=generator).to(device)
+
+
+def night(rgb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Exposure drop, gamma, a sodium/LED colour cast, light glare, then sensor noise.
+
+    rgb: float [B, 3, H, W] in 0..1. Glare comes before noise because a real sensor adds its
+    noise to everything it records, lamps included.
+    """
+    b, _, h, w = rgb.shape
+    device = rgb.device
+    gamma = _uniform((b, 1, 1, 1), 1.5, 3.0, device, generator)
+    gain = _uniform((b, 1, 1, 1), 0.25, 0.8, device, generator)
+    cast = 1 + _uniform((b, 3, 1, 1), -0.2, 0.2, device, generator)
+    dark = rgb.clamp(0, 1) ** gamma * gain * cast
+    # Glare: a few bright Gaussian blobs (head-, tail- and street lights) in the upper 2/3.
+    ys = torch.arange(h, device=device).view(1, h, 1).float()
+    xs = torch.arange(w, device=device).view(1, 1, w).float()
+    glare = torch.zeros((b, 1, h, w), device=device)
+    for _ in range(3):
+        cy = _uniform((b, 1, 1), 0.1 * h, 0.66 * h, device, generator)
+        cx = _uniform((b, 1, 1), 0, w, device, generator)
+        radius = _uniform((b, 1, 1), 0.01 * w, 0.05 * w, device, generator)
+        strength = _uniform((b, 1, 1), 0.3, 1.0, device, generator)
+        blob = strength * torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * radius ** 2))
+        glare = glare + blob[:, None]
+    tint = torch.tensor([1.0, 0.9, 0.7], device=device).view(1, 3, 1, 1)
+    dark = dark + glare * tint
+    sigma = _uniform((b, 1, 1, 1), 0.01, 0.05, device, generator)
+    noise = torch.randn(dark.shape, generator=generator).to(device)
+    return (dark + sigma * noise).clamp(0, 1)
+
+
+def fog(rgb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Atmospheric scattering I = J t + A (1 - t), with depth growing towards the horizon
+    (rows near the top of a dashcam frame are far away), t = exp(-beta * depth)."""
+    b, _, h, w = rgb.shape
+    device = rgb.device
+    rows = torch.linspace(1.0, 0.0, h, device=device).view(1, 1, h, 1)
+    horizon = _uniform((b, 1, 1, 1), 0.3, 0.7, device, generator)
+    depth = torch.clamp(rows / horizon, max=1.0)
+    beta = _uniform((b, 1, 1, 1), 0.8, 2.5, device, generator)
+    transmission = torch.exp(-beta * depth)
+    airlight = _uniform((b, 1, 1, 1), 0.6, 0.95, device, generator)
+    return rgb * transmission + airlight * (1 - transmission)
+
+
+class RobustAugment:
+    """Applies each effect to a random subset of the batch; `probability` scales every share.
+
+    Each kornia op runs with p=1 on the chosen frames only: several of them (JPEG, plasma,
+    snow, noise) otherwise compute on the whole batch whatever their p, which made this step
+    cost more than the training step itself.
+    """
+
+    def __init__(self, probability: float = 0.5):
+        self.probability = probability
+        self.effects = [
+            (night, 0.5),
+            (fog, 0.2),
+            (K.RandomRain(p=1.0, number_of_drops=(100, 500), drop_height=(4, 12),
+                          drop_width=(1, 2)), 0.2),
+            (K.RandomSnow(p=1.0, snow_coefficient=(0.1, 0.4), brightness=(1.5, 2.5)), 0.15),
+            (K.RandomMotionBlur(kernel_size=(3, 11), angle=(-30.0, 30.0), direction=(-1.0, 1.0),
+                                p=1.0), 0.25),
+            (K.RandomGaussianBlur(kernel_size=(5, 5), sigma=(0.5, 1.5), p=1.0), 0.15),
+            (K.RandomPlasmaShadow(roughness=(0.3, 0.6), shade_intensity=(-0.4, -0.1),
+                                  shade_quantity=(0.0, 0.3), p=1.0), 0.1),  # lens dirt
+            (K.RandomGaussianNoise(std=0.04, p=1.0), 0.2),
+            (K.RandomJPEG(jpeg_quality=(20.0, 60.0), p=1.0), 0.15),
+        ]
+
+    def __call__(self, rgb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """rgb: float [B, 3, H, W] in 0..1 → same shape, labels untouched."""
+        if self.probability <= 0:
+            return rgb
+        rgb = rgb.clone()
+        for effect, share in self.effects:
+            chosen = (torch.rand(len(rgb), generator=generator) < share * self.probability)
+            if not chosen.any():
+                continue
+            chosen = chosen.to(rgb.device)
+            if isinstance(effect, K.AugmentationBase2D):
+                rgb[chosen] = effect(rgb[chosen]).clamp(0, 1)
+            else:
+                rgb[chosen] = effect(rgb[chosen], generator)
+        return rgb
+
+
+def paint_hood(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probability: float,
+               generator: torch.Generator | None = None) -> None:
+    """Paint a synthetic ego-vehicle hood at the bottom of some frames, in place.
+
+    The top edge is a wide arc (hoods bulge upwards in the middle), the paint a dark-to-light
+    vertical gradient in a random car colour, with a dimmed, blurred mirror image of the scene
+    just above it (glossy paint reflects the road and sky). Pixels under it get `ego_id`.
+    """
+    b, _, h, w = rgb.shape
+    device = rgb.device
+    xs = torch.linspace(-1, 1, w, device=device).view(1, w)
+    rows = torch.arange(h, device=device).view(h, 1).float()
+    for i in range(b):
+        if torch.rand((), generator=generator).item() >= probability:
+            continue
+        height = h * (0.08 + 0.22 * torch.rand((), generator=generator).item())
+        bulge = height * (0.1 + 0.5 * torch.rand((), generator=generator).item())
+        shift = 0.4 * (torch.rand((), generator=generator).item() - 0.5)
+        edge = h - height + bulge * ((xs - shift) ** 2).clamp(max=1)  # [1, w] top row per column
+        mask = rows >= edge  # [h, w]
+        if not mask.any():
+            continue
+        # Car paint: mostly black, grey, silver or white, sometimes a muted colour.
+        luminance = 0.05 + 0.6 * torch.rand((), generator=generator).item() ** 2
+        tint = 1 + 0.4 * (torch.rand(3, generator=generator) - 0.5)
+        colour = (luminance * tint).to(device)
+        depth = ((rows - edge) / max(height, 1.0)).clamp(0, 1)  # 0 at the edge, 1 at the bottom
+        paint = colour.view(3, 1, 1) * (0.6 + 0.6 * depth)
+        band = int(min(height, h - height))
+        top = int(h - height)
+        if band >= 2:
+            mirror = rgb[i, :, top - band:top].flip(1)
+            mirror = torch.nn.functional.avg_pool2d(mirror[None], 5, 1, 2)[0]
+            reflection = torch.zeros_like(rgb[i])
+            reflection[:, h - band:] = mirror[:, :band]
+            strength = 0.15 + 0.35 * torch.rand((), generator=generator).item()
+            paint = paint + strength * reflection
+        rgb[i] = torch.where(mask, paint.clamp(0, 1), rgb[i])
+        labels[i][mask] = ego_id
+
+
+def expected_hood_share(probability: float) -> float:
+    """Mean fraction of training pixels the hood covers (for its class weight)."""
+    return probability * 0.19 * (1 - 0.3 / 2)  # mean height 19 %, the arc trims ~15 %
+
