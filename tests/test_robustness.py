@@ -1,0 +1,101 @@
+"""Robustness tooling on real CamVid frames: fixed corruptions, the training augmentation,
+the drive-disjoint split, ego-class scoring, safe checkpoint loading, and the BDD reference."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="robustness tests need the [train] extra (torch)")
+
+from helpers import REPO, camvid_or_skip, run_app
+
+from engines.metrics import ConfusionMatrix
+from training import reference
+from training.augment import RobustAugment, paint_hood
+from training.camvid import CamVid
+from training.corruptions import CORRUPTIONS, corrupt_frames
+from training.data import load_splits
+
+TEACHER = REPO.parent / "shared" / "teachers" / "twinlitenet" / "twinlitenet.onnx"
+BDD = REPO.parent / "shared" / "data" / "bdd-samples"
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_corruptions_are_deterministic_and_change_the_frame(name):
+    frames = CamVid(camvid_or_skip(), "val").load_images(limit=2)
+    first, again = corrupt_frames(frames, name, 2, seed=3), corrupt_frames(frames, name, 2, seed=3)
+    assert first.shape == frames.shape and first.dtype == np.uint8
+    assert np.array_equal(first, again)
+    assert np.abs(first.astype(int) - frames).mean() > 2
+
+
+def test_night_is_darker_with_severity():
+    frames = CamVid(camvid_or_skip(), "val").load_images(limit=1)
+    means = [corrupt_frames(frames, "night", s).mean() for s in (1, 2, 3)]
+    assert means[0] > means[1] > means[2] and means[0] < frames.mean()
+
+
+def test_holdout_drive_leaves_training():
+    camvid = camvid_or_skip()
+    train, _ = load_splits(camvid, ["train"], exclude={"0006R0"})
+    held, _ = load_splits(camvid, ["train"], sequences={"0006R0"})
+    assert len(train) + len(held) == len(CamVid(camvid, "train")) and len(held) == 101
+
+
+def test_robust_augmentation_keeps_labels_and_hood_is_labelled_ego():
+    images, labels = load_splits(camvid_or_skip(), ["train"], limit=4)
+    rgb = images.permute(0, 3, 1, 2).float() / 255
+    generator = torch.Generator().manual_seed(0)
+    out = RobustAugment(1.0)(rgb, generator)
+    assert out.shape == rgb.shape and 0 <= out.min() and out.max() <= 1
+    hooded = labels.long().clone()
+    paint_hood(out, hooded, 11, probability=1.0, generator=generator)
+    assert (hooded[:, -1] == 11).all()  # the bottom row is hood in every frame
+    assert (hooded[:, 0] == labels[:, 0].long()).all()  # the top row is untouched
+
+
+def test_extra_class_predictions_count_as_misses_not_false_positives():
+    truth = np.array([3, 3, 0, 0])
+    matrix = ConfusionMatrix(4)
+    matrix.update(np.array([3, 11, 0, 0]), truth)  # 11: the ego class, outside CamVid's table
+    assert matrix.iou().tolist() == pytest.approx([1.0, np.nan, np.nan, 0.5], nan_ok=True)
+    summary = matrix.summary(["a", "b", "c", "road"], drivable_ids=[3])
+    assert summary["drivable_iou"] == pytest.approx(0.5) and summary["pixel_accuracy"] == 0.75
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_that_carries_code_is_refused_with_one_line(tmp_path):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "frame.png"), np.zeros((48, 64, 3), np.uint8))
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as handle:
+        pickle.dump({"model": _RunsCode()}, handle)
+    result = run_app("--model", str(evil), "--images", str(tmp_path / "*.png"), "--headless",
+                     timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "pwned" not in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "evil.pt" in errors[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not TEACHER.is_file() or not BDD.is_dir(),
+                    reason="needs ../shared/teachers/twinlitenet and ../shared/data/bdd-samples")
+def test_reference_comparison_on_bdd_samples(tmp_path, capsys):
+    args = reference.parse_args(["--model", "roadseg-small", "--frames", str(BDD), "--teacher",
+                                 str(TEACHER), "--sheet", str(tmp_path / "s.png"),
+                                 "--json", str(tmp_path / "r.json")])
+    assert reference.main(args) == 0
+    frames = json.loads((tmp_path / "r.json").read_text())["frames"]
+    assert len(frames) == 7
+    assert all(0 <= f["road_recall"] <= 1 and f["reference_drivable"] > 0.02 for f in frames.values())
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert "lowest road recall" in capsys.readouterr().out
