@@ -9,24 +9,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
-from calibration.core import CALIBRATION_CACHE_DIR, accuracy_report, format_report, lower_precision
-from calibration.lowering import CALIBRATION_METHODS
+from calibration.report import accuracy_report, format_report
 from engines.base import EngineError
-from realtime.sources import SourceError
+from engines.contract import read_contract
+from engines.frames import sample_frames
+from engines.lowering import CALIBRATION_METHODS, lower_precision
+
+log = logging.getLogger("calibration")
 
 
 def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="[calibration] %(message)s")
     try:
-        out, facts = lower_precision(args.onnx, args.precision, args.out, args.calib,
-                                     args.calib_frames, args.method, args.cache_dir,
-                                     args.exclude or [])
-    except (SourceError, EngineError, ValueError, FileNotFoundError) as error:
+        frames = None
+        if args.precision == "int8" and args.calib:
+            input_size, _ = read_contract(args.onnx)
+            frames = sample_frames(args.calib, args.calib_frames, input_size)
+        out, facts = lower_precision(args.onnx, args.precision, args.out, frames, args.method,
+                                     args.cache_dir, args.exclude or [])
+    except (EngineError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {out} ({facts})")
+    log.info("wrote %s (%s)", out, facts)
     if args.report:
         report = accuracy_report(args.onnx, {args.precision: out}, args.report, args.split, args.limit)
         print(format_report(report))
@@ -45,8 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calib-frames", type=int, default=100)
     parser.add_argument("--method", choices=CALIBRATION_METHODS, default="percentile")
     parser.add_argument("--exclude", nargs="*", help="node names to keep in float")
-    parser.add_argument("--cache-dir", type=Path, default=CALIBRATION_CACHE_DIR,
-                        help="calibration cache (activation ranges); reused when nothing changed")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="calibration cache (activation ranges; default $ROADSEG_CACHE/calibration, "
+                             "~/.cache/roadseg/calibration); reused when nothing changed")
     parser.add_argument("--report", type=Path, default=None, metavar="CAMVID_DIR",
                         help="compare against the FP32 model on these labelled frames")
     parser.add_argument("--split", default="val")

@@ -6,14 +6,15 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from engines.base import Engine, EngineError, EngineInfo
+from engines.base import Backend, Engine, EngineError, EngineInfo
 from engines.labels import LabelsError, load_labels_file
 
-__all__ = ["Engine", "EngineError", "EngineInfo", "DEFAULT_MODEL", "load", "backend_for",
-           "resolve_model", "shipped_models"]
+__all__ = ["Engine", "EngineError", "EngineInfo", "Backend", "BACKENDS", "DEFAULT_MODEL", "load",
+           "backend_for", "backend_spec", "resolve_model", "shipped_models"]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "roadseg.onnx"
@@ -39,51 +40,31 @@ def resolve_model(path: str | Path) -> Path:
     raise EngineError(f"model file {path} does not exist; {hint}")
 
 
-def _onnxruntime(path: Path, labels: dict | None, **options: Any) -> Engine:
-    from engines.onnxruntime_backend import OnnxRuntimeEngine
-
-    return OnnxRuntimeEngine(path, labels=labels, **options)
-
-
-def _torch(path: Path, labels: dict | None, **options: Any) -> Engine:
-    try:
-        from engines.torch_backend import TorchEngine
-    except ImportError as error:
-        raise EngineError(f"{path}: the PyTorch backend needs torch ({error}); install it with "
-                          "pip install -e \".[train]\"") from None
-    return TorchEngine(path, labels=labels, **options)
+# The registry: one line per backend. Each module declares its own file types, precisions,
+# thread-safety and options, and imports its runtime only when a model is opened.
+BACKEND_MODULES = (
+    "engines.onnxruntime_backend",
+    "engines.torch_backend",
+    "engines.tensorrt_backend",
+)
+BACKENDS: dict[str, Backend] = {spec.name: spec for spec in
+                                (importlib.import_module(name).BACKEND for name in BACKEND_MODULES)}
 
 
-def _tensorrt(path: Path, labels: dict | None, precision: str = "fp16", calib: str | None = None,
-              batch: tuple[int, int, int] = (1, 1, 1), **options: Any) -> Engine:
-    from engines.build import build_engine
-    from engines.cache import file_sha256
-    from engines.tensorrt_backend import TensorRTEngine
-
-    if path.suffix.lower() == ".onnx":
-        # Like jetson-inference: build on first use, then reuse the cached engine.
-        precision = "fp16" if precision == "auto" else precision
-        engine_path = build_engine(path, precision, calib=calib, batch=batch)
-        return TensorRTEngine(engine_path, labels=labels, onnx_sha256=file_sha256(path), **options)
-    return TensorRTEngine(path, labels=labels, **options)
-
-
-# backend name → (factory, file suffixes it opens). Imports are deferred so that a machine
-# without TensorRT or PyTorch never imports them.
-BACKENDS: dict[str, tuple[Callable[..., Engine], tuple[str, ...]]] = {
-    "onnxruntime": (_onnxruntime, (".onnx",)),
-    "torch": (_torch, (".pt", ".pth")),
-    "tensorrt": (_tensorrt, (".engine", ".plan")),
-}
+def backend_spec(name: str) -> Backend:
+    """The registered backend of that name, or EngineError listing those there are."""
+    if name not in BACKENDS:
+        raise EngineError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    return BACKENDS[name]
 
 
 def backend_for(path: Path) -> str:
     """The backend that opens this file by default, from its suffix."""
     suffix = Path(path).suffix.lower()
-    for name, (_, suffixes) in BACKENDS.items():
-        if suffix in suffixes:
-            return name
-    known = sorted({s for _, suffixes in BACKENDS.values() for s in suffixes})
+    for spec in BACKENDS.values():
+        if spec.accepts(path):
+            return spec.name
+    known = sorted({s for spec in BACKENDS.values() for s in spec.suffixes})
     raise EngineError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected one of "
                       f"{', '.join(known)}")
 
@@ -94,15 +75,13 @@ def load(path: str | Path = DEFAULT_MODEL, backend: str = "auto", labels: str | 
     `backend`) selects.
 
     `labels` is a JSON class table for a model without one in its metadata (or to override it).
-    Backend options (threads, precision, ...) pass through to the backend.
+    Of the options (threads, precision, ...) each backend gets those it declares, so a caller
+    can pass one set whatever the backend. The engine is a context manager.
     """
     path = resolve_model(path)
-    name = backend_for(path) if backend == "auto" else backend
-    if name not in BACKENDS:
-        raise EngineError(f"unknown backend {name!r}; available here: {', '.join(sorted(BACKENDS))}")
+    spec = backend_spec(backend_for(path) if backend == "auto" else backend)
     try:
         table = load_labels_file(Path(labels)) if labels else None
     except LabelsError as error:
         raise EngineError(str(error)) from None
-    factory, _ = BACKENDS[name]
-    return factory(path, table, **options)
+    return spec.open(path, table, **spec.select_options(options))

@@ -1,18 +1,15 @@
-"""The Engine interface every backend implements, and the error they raise for bad models."""
+"""The Engine interface every backend implements, the spec a backend registers with, and the
+error they raise for bad models."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from engines.labels import ClassInfo
-
-
-# Key of the ONNX metadata_props entry holding the class table and provenance (JSON).
-METADATA_KEY = "segmentation"
 
 
 class EngineError(ValueError):
@@ -24,8 +21,8 @@ class EngineInfo:
     """What the pipeline needs to know about a loaded model."""
 
     path: Path
-    backend: str  # "onnxruntime", "tensorrt", "torch"
-    precision: str  # "fp32", "fp16", "int8", "mixed"
+    backend: str  # a registered backend's name
+    precision: str  # "fp32", "fp16", "bf16", "int8", "mixed"
     input_height: int
     input_width: int
     classes: list[ClassInfo]
@@ -43,7 +40,8 @@ class Engine(Protocol):
     """uint8 BGR images [N, H, W, 3] at the engine's input size → class ids [N, h, w].
 
     The output is usually at the input size; a user's model may return a coarser map, which
-    the renderer upsamples like any other.
+    the renderer upsamples like any other. Engines are context managers: `with
+    engines.load(path) as engine:` closes it on every exit path.
     """
 
     info: EngineInfo
@@ -51,3 +49,46 @@ class Engine(Protocol):
     def infer(self, images: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Engine: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class ClosingEngine:
+    """Mixin giving a backend's engine the context-manager half of the interface."""
+
+    def close(self) -> None:  # overridden by backends that hold resources
+        pass
+
+    def __enter__(self):  # noqa: ANN204 - returns the concrete engine type
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What a backend declares about itself; the registry, `engines.load` and the CLI's
+    choices and checks all read it, so adding a backend is its module plus one registry line.
+
+    `open(path, labels, **options)` imports the runtime only when called, so listing the
+    backends never imports torch, TensorRT or ONNX Runtime.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]  # model files it opens by default
+    precisions: tuple[str, ...]  # --precision values it accepts besides "auto"
+    parallel_calls: bool  # infer() may run on several threads at once
+    options: tuple[str, ...]  # keyword options open() takes; others are not passed
+    open: Callable[..., Engine]
+    precision_hint: str = ""  # said when a precision it does not accept is asked ({precision})
+    install: str = ""  # what to install when its runtime is missing
+
+    def accepts(self, path: Path) -> bool:
+        return Path(path).suffix.lower() in self.suffixes
+
+    def select_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The options this backend takes; a CLI passes one set for every backend."""
+        return {key: value for key, value in options.items() if key in self.options}

@@ -9,23 +9,39 @@ calibrator API): FP16 converts the graph's float tensors, INT8 inserts Q/DQ pair
 calibration frames (python -m calibration). The network is then built strongly typed (10.12+
 and 11); older 10.x builds the same ONNX with the FP16/INT8 flags. A timing cache beside the
 engine cache makes rebuilds take seconds; a JSON sidecar records what the engine is valid for.
+Ctrl-C during a build cancels it between steps (the progress monitor returns False) and
+writes nothing.
+
+This module needs TensorRT, onnx and ONNX Runtime's quantizer; it never imports the training
+code or the live application.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from engines.base import EngineError
-from engines.cache import (BuildTarget, engine_cache_path, file_sha256, timing_cache_path,
-                           write_sidecar)
+from engines.cache import BuildTarget, engine_cache_path, timing_cache_path, write_sidecar
+from engines.contract import read_contract
+from engines.files import cache_root, file_sha256
+from engines.tensorrt_runtime import gpu_facts, import_tensorrt
 
-ENGINE_CACHE_DIR = Path(os.environ.get("ROADSEG_CACHE", Path.home() / ".cache" / "roadseg")) / "engines"
+log = logging.getLogger(__name__)
+
+
+class BuildCancelled(EngineError):
+    """The user stopped a build with Ctrl-C; nothing was written."""
+
+
+def engine_cache_dir() -> Path:
+    return cache_root() / "engines"
 
 
 def parse_batch(text: str) -> tuple[int, int, int]:
@@ -38,25 +54,11 @@ def parse_batch(text: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
-def read_contract(onnx_path: Path) -> tuple[tuple[int, int], list[dict]]:
-    """Input (height, width) and class table from the ONNX, without building anything."""
-    import onnx
+class ProgressMonitor:
+    """Logs TensorRT build phases (IProgressMonitor, TensorRT 10+) and cancels the build when
+    `cancel` is set: step_complete returning False is TensorRT's way to stop between steps."""
 
-    from engines.base import METADATA_KEY
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    meta = json.loads({p.key: p.value for p in model.metadata_props}.get(METADATA_KEY, "{}"))
-    if len(dims) != 4 or dims[3].dim_value != 3 or not dims[1].dim_value:
-        raise EngineError(f"{onnx_path}: the TensorRT path needs the project's contract input "
-                          "uint8 [N, H, W, 3] with static H and W (export with training.export)")
-    return (dims[1].dim_value, dims[2].dim_value), meta.get("classes", [])
-
-
-class ProgressPrinter:
-    """Prints TensorRT build phases (IProgressMonitor, TensorRT 10+), one line per phase."""
-
-    def __init__(self, trt: Any):
+    def __init__(self, trt: Any, cancel: threading.Event):
         class Monitor(trt.IProgressMonitor):
             def __init__(self) -> None:
                 trt.IProgressMonitor.__init__(self)
@@ -64,26 +66,41 @@ class ProgressPrinter:
 
             def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
                 self.started[phase_name] = time.perf_counter()
-                indent = "  " if parent_phase else ""
-                print(f"{indent}[build] {phase_name} ({num_steps} steps)", file=sys.stderr, flush=True)
+                log.info("%s%s (%d steps)", "  " if parent_phase else "", phase_name, num_steps)
 
             def step_complete(self, phase_name: str, step: int) -> bool:
-                return True  # returning False would cancel the build
+                return not cancel.is_set()
 
             def phase_finish(self, phase_name: str) -> None:
                 seconds = time.perf_counter() - self.started.pop(phase_name, time.perf_counter())
                 if seconds > 1:
-                    print(f"[build] {phase_name} done in {seconds:.1f} s", file=sys.stderr, flush=True)
+                    log.info("%s done in %.1f s", phase_name, seconds)
 
         self.monitor = Monitor()
+
+
+class CancelOnInterrupt:
+    """While active on the main thread, Ctrl-C sets `event` instead of raising inside
+    TensorRT's C++ build (where a KeyboardInterrupt would only land after the build)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+        self.previous: Any = None
+
+    def __enter__(self) -> "CancelOnInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, lambda *_: self.event.set())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 class EngineBuilder:
     """Parses an ONNX, logs its I/O tensors, and builds a serialized engine with a timing cache."""
 
     def __init__(self, workspace_gib: float = 2.0, verbose: bool = False):
-        from engines.tensorrt_backend import import_tensorrt
-
         self.trt = import_tensorrt(allow_lean=False)
         if not hasattr(self.trt, "Builder"):
             raise EngineError("this TensorRT install has no builder (lean runtime only); install "
@@ -94,8 +111,9 @@ class EngineBuilder:
         self.builder = trt.Builder(self.logger)
         self.config = self.builder.create_builder_config()
         self.config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+        self.cancel = threading.Event()
         if hasattr(trt, "IProgressMonitor"):
-            self.progress = ProgressPrinter(trt)
+            self.progress = ProgressMonitor(trt, self.cancel)
             self.config.progress_monitor = self.progress.monitor
         self.strongly_typed = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
         self.io_tensors: list[dict[str, Any]] = []
@@ -123,8 +141,7 @@ class EngineBuilder:
         entry = {"kind": kind, "name": tensor.name, "shape": list(tensor.shape),
                  "dtype": str(tensor.dtype).split(".")[-1]}
         self.io_tensors.append(entry)
-        print(f"[build] {kind} {entry['name']}: shape {entry['shape']} dtype {entry['dtype']}",
-              file=sys.stderr)
+        log.info("%s %s: shape %s dtype %s", kind, entry["name"], entry["shape"], entry["dtype"])
 
     def build(self, out: Path, input_size: tuple[int, int], batch: tuple[int, int, int],
               timing_cache: Path, version_compatible: bool = False) -> float:
@@ -142,10 +159,13 @@ class EngineBuilder:
         cache_bytes = timing_cache.read_bytes() if timing_cache.exists() else b""
         cache = self.config.create_timing_cache(cache_bytes)
         self.config.set_timing_cache(cache, ignore_mismatch=False)
-        print(f"[build] timing cache {timing_cache} ({'reused' if cache_bytes else 'new'})", file=sys.stderr)
+        log.info("timing cache %s (%s)", timing_cache, "reused" if cache_bytes else "new")
         started = time.perf_counter()
-        serialized = self.builder.build_serialized_network(self.network, self.config)
+        with CancelOnInterrupt(self.cancel):
+            serialized = self.builder.build_serialized_network(self.network, self.config)
         seconds = time.perf_counter() - started
+        if self.cancel.is_set():
+            raise BuildCancelled(f"build cancelled after {seconds:.0f} s; no engine was written")
         if serialized is None:
             raise EngineError("TensorRT failed to build the engine (see the log above)")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -158,15 +178,17 @@ class EngineBuilder:
 def build_engine(onnx_path: Path, precision: str, out: Path | None = None, calib: str | None = None,
                  calib_frames: int = 100, batch: tuple[int, int, int] = (1, 1, 1),
                  workspace_gib: float = 2.0, version_compatible: bool = False,
-                 cache_dir: Path = ENGINE_CACHE_DIR, device_index: int = 0) -> Path:
+                 cache_dir: Path | None = None, device_index: int = 0) -> Path:
     """Lower the precision if asked, build, and write engine + sidecar; returns the engine path.
 
     With `out` None the engine goes into the cache under its BuildTarget key, and an existing
-    engine for the same target is reused without building.
+    engine for the same target is reused without building. `calib` (int8) is a video, image
+    folder or glob; its frames are sampled at the model's input size.
     """
-    from calibration.core import lower_precision
-    from engines.tensorrt_backend import gpu_facts, import_tensorrt
+    from engines.frames import sample_frames
+    from engines.lowering import lower_precision
 
+    cache_dir = Path(cache_dir) if cache_dir else engine_cache_dir()
     trt = import_tensorrt(allow_lean=False)
     input_size, classes = read_contract(onnx_path)
     gpu_name, capability = gpu_facts(device_index)
@@ -174,30 +196,38 @@ def build_engine(onnx_path: Path, precision: str, out: Path | None = None, calib
                          batch, input_size, version_compatible)
     engine_path = out or engine_cache_path(cache_dir, onnx_path, target)
     if out is None and engine_path.exists():
-        print(f"[build] reusing cached engine {engine_path}", file=sys.stderr)
+        log.info("reusing cached engine %s", engine_path)
         return engine_path
     built_from = Path(onnx_path)
     if precision in ("fp16", "int8"):
         lowered = Path(cache_dir) / f"{Path(onnx_path).stem}.{target.onnx_sha256[:16]}.{precision}.onnx"
         lowered.parent.mkdir(parents=True, exist_ok=True)
-        built_from, facts = lower_precision(onnx_path, precision, lowered, calib, calib_frames)
-        print(f"[build] {precision} ONNX {built_from}: {facts}", file=sys.stderr)
+        frames = sample_frames(calib, calib_frames, input_size) if precision == "int8" and calib else None
+        try:
+            built_from, facts = lower_precision(onnx_path, precision, lowered, frames)
+        except ValueError as error:  # int8 without --calib
+            raise EngineError(str(error)) from None
+        log.info("%s ONNX %s: %s", precision, built_from, facts)
     builder = EngineBuilder(workspace_gib)
     builder.create_network(built_from, precision)
-    print(f"[build] building {precision} engine for {gpu_name} (sm {capability}), batch "
-          f"{batch[0]}:{batch[1]}:{batch[2]}, {input_size[1]}x{input_size[0]}; this takes a "
-          "minute the first time", file=sys.stderr, flush=True)
+    log.info("building %s engine for %s (sm %s), batch %d:%d:%d, %dx%d; this takes a minute "
+             "the first time (Ctrl-C cancels)", precision, gpu_name, capability, *batch,
+             input_size[1], input_size[0])
     seconds = builder.build(engine_path, input_size, batch, timing_cache_path(cache_dir, target),
                             version_compatible)
     write_sidecar(engine_path, target, Path(onnx_path).resolve(), classes, builder.io_tensors, seconds)
-    print(f"[build] wrote {engine_path} in {seconds:.1f} s", file=sys.stderr)
+    log.info("wrote %s in %.1f s", engine_path, seconds)
     return engine_path
 
 
 def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="[build] %(message)s")
     try:
         build_engine(args.onnx, args.precision, args.out, args.calib, args.calib_frames,
                      parse_batch(args.batch), args.workspace, args.version_compatible, args.cache_dir)
+    except BuildCancelled as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 130
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -215,7 +245,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workspace", type=float, default=2.0, help="GiB")
     parser.add_argument("--version-compatible", action="store_true",
                         help="runs on newer TensorRT and on the lean runtime (tensorrt_lean)")
-    parser.add_argument("--cache-dir", type=Path, default=ENGINE_CACHE_DIR)
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="engine cache (default $ROADSEG_CACHE/engines, ~/.cache/roadseg/engines)")
     parser.add_argument("--out", type=Path, default=None, help="engine path (default: the cache)")
     return parser.parse_args(argv)
 

@@ -21,15 +21,6 @@ from engines.base import EngineError
 SIDECAR_SCHEMA = 1
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class BuildTarget:
     """Everything that determines a built engine."""

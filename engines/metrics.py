@@ -4,8 +4,13 @@ calibration reports and benchmarks."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+import cv2
 import numpy as np
+
+from engines.base import Engine
+from engines.labels import CAMVID_CLASSES, CAMVID_VOID
 
 
 @dataclass
@@ -92,3 +97,29 @@ def format_table(summary: dict, title: str = "") -> str:
     if "drivable_iou" in summary:
         lines.append(f"{'drivable IoU':<14}{summary['drivable_iou'] * 100:>8.2f}")
     return "\n".join(lines)
+
+
+def evaluate_engine(engine: Engine, images: np.ndarray, labels: np.ndarray,
+                    batch_size: int = 1) -> dict[str, Any]:
+    """Run the engine on uint8 BGR frames and score its class ids against CamVid label maps.
+
+    Frames are resized to the engine's input size when they differ, and predictions are
+    brought back to the label size with nearest-neighbour, as the renderer does. Only CamVid's
+    11 classes are scored; a model's extra classes (the ego vehicle) count as misses.
+    """
+    classes = engine.info.classes[:len(CAMVID_CLASSES)]
+    matrix = ConfusionMatrix(len(classes), ignore_index=CAMVID_VOID)
+    height, width = engine.info.input_size
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        if batch.shape[1:3] != (height, width):
+            batch = np.stack([cv2.resize(im, (width, height), interpolation=cv2.INTER_LINEAR)
+                              for im in batch])
+        predictions = engine.infer(batch)
+        for prediction, truth in zip(predictions, labels[start:start + batch_size], strict=True):
+            if prediction.shape != truth.shape:
+                prediction = cv2.resize(prediction.astype(np.uint8), truth.shape[::-1],
+                                        interpolation=cv2.INTER_NEAREST)
+            matrix.update(prediction, truth)
+    drivable = [c.id for c in classes if c.group == "drivable"]
+    return matrix.summary([c.name for c in classes], drivable_ids=drivable)

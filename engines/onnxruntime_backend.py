@@ -2,41 +2,38 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from engines.base import METADATA_KEY, EngineError, EngineInfo
+from engines.base import Backend, ClosingEngine, EngineError, EngineInfo
+from engines.contract import DEFAULT_INPUT_SIZE, METADATA_KEY, parse_metadata
 from engines.labels import ClassInfo, LabelsError, classes_from_json
-
-# What InferenceSession raises for a file it cannot load (pybind11 types, not RuntimeError).
-MODEL_LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
-                     ort_errors.InvalidArgument, ort_errors.NoSuchFile, ort_errors.NotImplemented,
-                     ort_errors.RuntimeException)
-
-DEFAULT_DYNAMIC_SIZE = (360, 480)
-
-
-def read_metadata(session: ort.InferenceSession) -> dict[str, Any]:
-    """The contract's JSON metadata entry, or {} for a model without one."""
-    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if not raw:
-        return {}
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return {}
 
 
 def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-class OnnxRuntimeEngine:
+def _open_session(path: Path, options: Any, providers: list[str]) -> Any:
+    """An InferenceSession, or EngineError with the first line of why ONNX Runtime refused it."""
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    # What InferenceSession raises for a file it cannot load (pybind11 types, not RuntimeError).
+    load_errors = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
+                   ort_errors.InvalidArgument, ort_errors.NoSuchFile, ort_errors.NotImplemented,
+                   ort_errors.RuntimeException)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except load_errors as error:
+        first_line = str(error).strip().splitlines()[0][:200]
+        raise EngineError(f"{path} is not a loadable ONNX model ({first_line}); re-export it "
+                          "or pass the right file with --model") from None
+
+
+class OnnxRuntimeEngine(ClosingEngine):
     """Runs an .onnx model on ONNX Runtime (CPU by default).
 
     Two input forms are accepted:
@@ -47,21 +44,17 @@ class OnnxRuntimeEngine:
     """
 
     def __init__(self, path: Path, labels: dict[str, Any] | None = None, threads: int | None = None,
-                 spin: bool = True, providers: list[str] | None = None, **_: Any):
+                 spin: bool = True, providers: list[str] | None = None):
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         # Spinning workers burn a core while idle; inside the threaded pipeline that core is
         # needed by decode and render, so the pipeline turns it off.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        try:
-            self.session = ort.InferenceSession(str(path), options,
-                                                providers=providers or ["CPUExecutionProvider"])
-        except MODEL_LOAD_ERRORS as error:
-            first_line = str(error).strip().splitlines()[0][:200]
-            raise EngineError(f"{path} is not a loadable ONNX model ({first_line}); re-export it "
-                              "or pass the right file with --model") from None
-        self.metadata = read_metadata(self.session)
+        self.session = _open_session(path, options, providers or ["CPUExecutionProvider"])
+        self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
             raise EngineError(f"{path} has {len(inputs)} inputs; a segmentation model takes one image "
@@ -137,7 +130,7 @@ class OnnxRuntimeEngine:
         declared = (labels or {}).get("input") or self.metadata.get("input") or {}
         if "height" in declared and "width" in declared:
             return int(declared["height"]), int(declared["width"])
-        return DEFAULT_DYNAMIC_SIZE
+        return DEFAULT_INPUT_SIZE
 
     def _normalisation(self, labels: dict | None) -> tuple[np.ndarray, np.ndarray]:
         declared = (labels or {}).get("input") or {}
@@ -160,3 +153,15 @@ class OnnxRuntimeEngine:
 
     def close(self) -> None:
         self.session = None
+
+
+def open_engine(path: Path, labels: dict | None, **options: Any) -> OnnxRuntimeEngine:
+    return OnnxRuntimeEngine(path, labels=labels, **options)
+
+
+BACKEND = Backend(
+    name="onnxruntime", suffixes=(".onnx",), precisions=("fp32",), parallel_calls=True,
+    options=("threads", "spin", "providers"), open=open_engine,
+    precision_hint="the precision is the ONNX file's; make one with python -m calibration "
+                   "--precision {precision}, or add --backend tensorrt",
+    install="pip install onnxruntime")

@@ -13,51 +13,18 @@ Rules this follows (../shared/DESIGN.md):
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engines.base import EngineError, EngineInfo
+from engines.base import Backend, ClosingEngine, EngineError, EngineInfo
 from engines.cache import read_sidecar, refusal, sidecar_mismatches
 from engines.labels import classes_from_json
+from engines.tensorrt_runtime import gpu_facts, import_pycuda, import_tensorrt
 
-# Full TensorRT first; the lean runtime runs version-compatible engines without the builder.
-TENSORRT_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")
 NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32,
                 "INT64": np.int64, "BOOL": np.bool_, "UINT8": np.uint8}
-
-
-def import_tensorrt(allow_lean: bool = True) -> Any:
-    """The TensorRT Python module, or EngineError naming what to install."""
-    for name in TENSORRT_MODULES if allow_lean else TENSORRT_MODULES[:1]:
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise EngineError("TensorRT is not installed: pip install -e \".[gpu]\" (or the lean runtime, "
-                      "tensorrt-lean-cu13, for engines built with --version-compatible)")
-
-
-def import_pycuda() -> Any:
-    try:
-        import pycuda.driver as cuda
-    except ImportError:
-        raise EngineError("the TensorRT backend needs pycuda: pip install -e \".[gpu]\"") from None
-    cuda.init()
-    return cuda
-
-
-def gpu_facts(device_index: int = 0) -> tuple[str, str]:
-    """(name, compute capability "major.minor") of a CUDA device, without creating a context."""
-    cuda = import_pycuda()
-    if cuda.Device.count() <= device_index:
-        raise EngineError(f"no CUDA GPU {device_index} here ({cuda.Device.count()} found); use "
-                          "--backend onnxruntime")
-    device = cuda.Device(device_index)
-    major, minor = device.compute_capability()
-    return device.name(), f"{major}.{minor}"
 
 
 class CudaContext:
@@ -75,11 +42,11 @@ class CudaContext:
         self.cuda.Context.pop()
 
 
-class TensorRTEngine:
+class TensorRTEngine(ClosingEngine):
     """Runs a serialized TensorRT engine; input `image` uint8 NHWC, output class ids."""
 
     def __init__(self, path: Path, labels: dict[str, Any] | None = None, device_index: int = 0,
-                 onnx_sha256: str | None = None, **_: Any):
+                 onnx_sha256: str | None = None):
         self.path = Path(path)
         facts = read_sidecar(self.path)
         self.trt = import_tensorrt(allow_lean=bool(facts.get("version_compatible")))
@@ -165,3 +132,26 @@ class TensorRTEngine:
                 self.buffers.clear()
                 self.context = self.engine = self.runtime = None
             self._ready = False
+
+
+def open_engine(path: Path, labels: dict | None, precision: str = "fp16", calib: str | None = None,
+                batch: tuple[int, int, int] = (1, 1, 1), device_index: int = 0) -> TensorRTEngine:
+    """A serialized engine as it is; an .onnx is built on first use (like jetson-inference)
+    and the cached engine is reused after that."""
+    from engines.build import build_engine
+    from engines.files import file_sha256
+
+    if Path(path).suffix.lower() == ".onnx":
+        precision = "fp16" if precision == "auto" else precision
+        engine_path = build_engine(Path(path), precision, calib=calib, batch=batch,
+                                   device_index=device_index)
+        return TensorRTEngine(engine_path, labels=labels, device_index=device_index,
+                              onnx_sha256=file_sha256(path))
+    return TensorRTEngine(path, labels=labels, device_index=device_index)
+
+
+BACKEND = Backend(
+    name="tensorrt", suffixes=(".engine", ".plan"), precisions=("fp32", "fp16", "int8"),
+    parallel_calls=False, options=("precision", "calib", "batch", "device_index"), open=open_engine,
+    precision_hint="TensorRT builds fp32, fp16 or int8 engines from an .onnx",
+    install="pip install -e \".[gpu]\"")

@@ -3,29 +3,40 @@
 On CUDA it runs the contract wrapper (uint8 BGR in, class ids out, so preprocessing happens on
 the GPU) in fp16 or bf16 with channels-last memory, and replays a CUDA graph per batch size so
 that Python launches one graph instead of ~60 kernels per frame.
+
+torch is imported inside the engine, not at module level, so that the registry can read this
+backend's declaration on a machine without PyTorch.
 """
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from engines.base import EngineError, EngineInfo
+from engines.base import Backend, ClosingEngine, EngineError, EngineInfo
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
-class TorchEngine:
-    """Loads a checkpoint written by training.train and serves the Engine interface."""
+class TorchEngine(ClosingEngine):
+    """Loads a checkpoint written by training.train and serves the Engine interface.
+
+    The class table and input size come from the checkpoint (`labels` overrides the classes).
+    """
 
     def __init__(self, path: Path, labels: dict[str, Any] | None = None, device: str = "auto",
-                 precision: str = "auto", threads: int | None = None, cuda_graphs: bool = True,
-                 input_size: tuple[int, int] = (360, 480), **_: Any):
-        from training.export import ContractWrapper, checkpoint_classes, load_checkpoint_model
+                 precision: str = "auto", threads: int | None = None, cuda_graphs: bool = True):
+        import torch
+
+        from engines.checkpoint import (checkpoint_classes, checkpoint_input_size,
+                                        load_checkpoint_model)
+        from engines.contract_wrapper import ContractWrapper
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -33,8 +44,8 @@ class TorchEngine:
             raise EngineError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
         if precision == "auto":
             precision = "fp16" if device.startswith("cuda") else "fp32"
-        if precision not in DTYPES:
-            raise EngineError(f"precision {precision!r} is not one of {', '.join(DTYPES)}")
+        if precision not in PRECISIONS:
+            raise EngineError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         if device == "cpu" and precision != "fp32":
             raise EngineError("reduced precision needs a GPU for the PyTorch backend; use fp32 on CPU")
         if threads:
@@ -44,24 +55,29 @@ class TorchEngine:
         except (KeyError, RuntimeError, OSError, pickle.UnpicklingError, EOFError) as error:
             raise EngineError(f"{path} is not a checkpoint written by training.train ({error})") from None
         self.device = torch.device(device)
-        self.dtype = DTYPES[precision]
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self.model = ContractWrapper(net).eval().to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         classes = labels["classes"] if labels else checkpoint_classes(checkpoint)
+        height, width = checkpoint_input_size(checkpoint)
         self.info = EngineInfo(
-            path=Path(path), backend="torch", precision=precision, input_height=input_size[0],
-            input_width=input_size[1], classes=classes, device=str(self.device),
+            path=Path(path), backend="torch", precision=precision, input_height=height,
+            input_width=width, classes=classes, device=str(self.device),
             details={"epoch": checkpoint.get("epoch"), "cuda_graphs": self.cuda_graphs})
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        import torch
+
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             return self.model(batch)
 
     def _graph_for(self, batch_size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
         """Capture the forward pass once per batch size (shapes are static within it)."""
+        import torch
+
         if batch_size not in self._graphs:
             height, width = self.info.input_size
             static_in = torch.zeros((batch_size, height, width, 3), dtype=torch.uint8, device=self.device)
@@ -79,6 +95,8 @@ class TorchEngine:
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """uint8 BGR [N, H, W, 3] → uint8 class ids [N, H, W]."""
+        import torch
+
         host = torch.from_numpy(np.ascontiguousarray(images))
         if self.cuda_graphs and images.shape[1:3] == self.info.input_size:
             graph, static_in, static_out = self._graph_for(len(images))
@@ -91,3 +109,19 @@ class TorchEngine:
     def close(self) -> None:
         self._graphs.clear()
         self.model = None
+
+
+def open_engine(path: Path, labels: dict | None, **options: Any) -> TorchEngine:
+    try:
+        import torch  # noqa: F401 - only to turn a missing PyTorch into one clear line
+    except ImportError as error:
+        raise EngineError(f"{path}: the PyTorch backend needs torch ({error}); install it with "
+                          "pip install -e \".[train]\"") from None
+    return TorchEngine(path, labels=labels, **options)
+
+
+BACKEND = Backend(
+    name="torch", suffixes=(".pt", ".pth"), precisions=PRECISIONS, parallel_calls=False,
+    options=("device", "precision", "threads", "cuda_graphs"), open=open_engine,
+    precision_hint="the PyTorch backend runs fp32 on CPU, fp16/bf16 on CUDA",
+    install="pip install -e \".[train]\"")

@@ -168,16 +168,15 @@ def main(args: argparse.Namespace) -> int:
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for model in models:
-            engine = engines.load(model, args.backend, **args.engine_options)
-            info = engine.info
-            row: dict[str, Any] = {"model": Path(model).name, "backend": info.backend,
-                                   "threads": args.threads,
-                                   "precision": info.precision, "device": info.device,
-                                   "input": name, "frames": len(frames),
-                                   "frame_size": [width, height], "decode_fps": decode_fps}
-            row.update(bench_engine(engine, frames, args.runs, args.warmup))
-            row.update(bench_naive(engine, args, Path(scratch) / "naive.mp4"))
-            engine.close()
+            with engines.load(model, args.backend, **args.engine_options) as engine:
+                info = engine.info
+                row: dict[str, Any] = {"model": Path(model).name, "backend": info.backend,
+                                       "threads": args.threads,
+                                       "precision": info.precision, "device": info.device,
+                                       "input": name, "frames": len(frames),
+                                       "frame_size": [width, height], "decode_fps": decode_fps}
+                row.update(bench_engine(engine, frames, args.runs, args.warmup))
+                row.update(bench_naive(engine, args, Path(scratch) / "naive.mp4"))
             row.update(bench_pipeline(Path(model), args, Path(scratch) / "pipeline.mp4"))
             row["pipeline_vs_engine"] = row["pipeline_fps"] / row["engine_fps"]
             row["pipeline_vs_naive"] = row["pipeline_fps"] / row["naive_fps"]

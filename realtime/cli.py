@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -11,36 +12,16 @@ from pathlib import Path
 
 import engines
 from engines.base import EngineError
-from realtime.pipeline import Pipeline, PipelineError, PipelineOptions
+from realtime.pipeline import Pipeline, PipelineError, PipelineOptions, StopReason
 from realtime.render import parse_class_selection
 from realtime.sinks import MetricsSink, SinkError, VideoSink, Window, display_available
 from realtime.sources import SourceError, open_source
-from realtime.telemetry import format_summary
+from realtime.telemetry import format_summary, peak_rss_mb
 
 USER_ERRORS = (EngineError, SourceError, SinkError)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
-
-
-def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process in MB (None where the OS does not report it).
-
-    Linux's VmHWM starts afresh at exec; ru_maxrss would include the parent's peak when the
-    run was started from a big process (a benchmark holding decoded frames, say).
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+EXIT_STATUS = {StopReason.INTERRUPTED: EXIT_INTERRUPTED, StopReason.TERMINATED: EXIT_TERMINATED}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,10 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", type=Path, default=engines.DEFAULT_MODEL,
                        help="model file (.onnx, .pt, .engine) or a shipped model's name, e.g. "
                             "roadseg-small (default: the shipped CamVid model)")
-    model.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch", "tensorrt"],
-                       help="auto: by file suffix (.onnx ONNX Runtime, .pt PyTorch, .engine TensorRT)")
-    model.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"],
-                       help="torch: fp32/fp16/bf16; tensorrt from .onnx: engine precision (fp16)")
+    backends = engines.BACKENDS.values()
+    model.add_argument("--backend", default="auto", choices=["auto", *engines.BACKENDS],
+                       help="auto: by file suffix (" + ", ".join(
+                           f"{'/'.join(b.suffixes)} {b.name}" for b in backends) + ")")
+    precisions = sorted({p for b in backends for p in b.precisions})
+    model.add_argument("--precision", default="auto", choices=["auto", *precisions],
+                       help="; ".join(f"{b.name}: {'/'.join(b.precisions)}" for b in backends))
     model.add_argument("--calib", default=None, help="int8 TensorRT: calibration video/folder/glob")
     model.add_argument("--labels", type=Path, default=None,
                        help="JSON class table for a model without one (see README)")
@@ -102,23 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def inference_threads(backend: str, pace: str, workers: int | None,
+def inference_threads(backend_name: str, pace: str, workers: int | None,
                       threads: int | None) -> tuple[int, int | None]:
     """How many inference threads, and CPU threads per call.
 
     On a CPU, one call spread over every core stalls whenever decode or render takes a core
     from it (each parallel step waits for its slowest thread); two single-core calls in
-    flight degrade gracefully instead. That is for throughput (--pace all); live input keeps
-    one call on all cores for the lowest latency. Other backends run one call at a time.
+    flight degrade gracefully instead. That is for throughput (--pace all) on a CPU backend
+    whose calls may run in parallel; live input keeps one call on all cores for the lowest
+    latency. Other backends run one call at a time.
     """
+    backend = engines.backend_spec(backend_name)
     cores = os.cpu_count() or 1
     if workers is None:
-        workers = 2 if backend == "onnxruntime" and pace == "all" and cores >= 2 else 1
+        workers = 2 if backend.parallel_calls and pace == "all" and cores >= 2 else 1
     if workers < 1:
         raise EngineError("--workers must be at least 1")
-    if workers > 1 and backend != "onnxruntime":
-        raise EngineError(f"--workers {workers}: only the ONNX Runtime backend runs calls in "
-                          "parallel; use --workers 1")
+    if workers > 1 and not backend.parallel_calls:
+        raise EngineError(f"--workers {workers}: the {backend.name} backend runs one call at a "
+                          "time; use --workers 1")
     if threads is None and workers > 1:
         threads = max(1, cores // workers)
     return workers, threads
@@ -135,13 +121,13 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
     opened: list = [source]  # closed again if a later step refuses the input
     try:
         args.model = engines.resolve_model(args.model)
-        backend = engines.backend_for(args.model) if args.backend == "auto" else args.backend
-        if backend == "onnxruntime" and args.precision not in ("auto", "fp32"):
-            raise EngineError(f"--precision {args.precision} with ONNX Runtime: the precision is the "
-                              f"ONNX file's; make one with python -m calibration --precision "
-                              f"{args.precision}, or add --backend tensorrt")
+        backend = engines.backend_spec(engines.backend_for(args.model) if args.backend == "auto"
+                                       else args.backend)
+        if args.precision != "auto" and args.precision not in backend.precisions:
+            raise EngineError(f"--precision {args.precision} with the {backend.name} backend: "
+                              f"{backend.precision_hint.format(precision=args.precision)}")
         pace = args.pace or ("realtime" if source.live else "all")
-        workers, threads = inference_threads(backend, pace, args.workers, args.threads)
+        workers, threads = inference_threads(backend.name, pace, args.workers, args.threads)
         # Inference shares the CPU with decode and render: ONNX Runtime must not spin-wait.
         engine = engines.load(args.model, args.backend, args.labels, threads=threads, spin=False,
                               precision=args.precision, calib=args.calib)
@@ -172,12 +158,14 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, report; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    # Progress of a first-use TensorRT build (engines.build logs it) reaches the terminal.
+    logging.basicConfig(level=logging.INFO, format="[%(module)s] %(message)s")
     try:
         pipeline = build_pipeline(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop("SIGTERM"))
+    previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop(StopReason.TERMINATED))
     try:
         summary = pipeline.run()
     except PipelineError as error:
@@ -189,17 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     finally:
         signal.signal(signal.SIGTERM, previous)
-    summary["stop_reason"] = pipeline.stop_reason
+    summary["stop_reason"] = pipeline.stop_reason.value
     summary["peak_rss_mb"] = peak_rss_mb()
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary, indent=2))
     if not args.quiet:
         info = pipeline.engine.info
         print(f"{info.backend} {info.precision} {info.input_width}x{info.input_height} on "
-              f"{pipeline.source.name}; stopped: {pipeline.stop_reason}", file=sys.stderr)
+              f"{pipeline.source.name}; stopped: {pipeline.stop_reason.value}", file=sys.stderr)
         print(format_summary(summary), file=sys.stderr)
-    if pipeline.stop_reason == "interrupted":
-        return EXIT_INTERRUPTED
-    if pipeline.stop_reason == "SIGTERM":
-        return EXIT_TERMINATED
-    return EXIT_OK
+    return EXIT_STATUS.get(pipeline.stop_reason, EXIT_OK)

@@ -6,8 +6,9 @@ Threading rules (../shared/DESIGN.md):
   frames; `--pace all` uses a small bounded queue with back-pressure instead (nothing dropped);
 - every frame carries its index and a monotonic capture timestamp, so end-to-end latency is
   measured at the moment the frame is written or handed to the window;
-- a failure in any thread stops all of them and is re-raised on the main thread; sinks are
-  closed on the main thread after the workers have stopped, on every exit path.
+- a failure in any thread stops all of them and is re-raised on the main thread; the source,
+  the sinks and the engine are closed on the main thread after the workers have stopped, on
+  every exit path (the pipeline owns what it is given).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable
 
 import cv2
@@ -30,6 +32,16 @@ from realtime.telemetry import RateMeter, RunRecorder, StageTimer
 
 POLL_S = 0.05  # how often blocked threads look at the stop flag: bounds shutdown time
 END = object()  # end-of-stream marker passed down the channels
+
+
+class StopReason(str, Enum):
+    """Why a run ended; the value is what the summary and the log line say."""
+
+    END_OF_INPUT = "end of input"
+    QUIT_KEY = "quit key"
+    INTERRUPTED = "interrupted"  # Ctrl-C
+    TERMINATED = "SIGTERM"
+    FAILED = "failed"  # a worker thread raised; PipelineError names the stage
 
 
 class PipelineError(RuntimeError):
@@ -140,7 +152,7 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.ready = threading.Event()  # set once every inference thread has warmed up
         self.finished = threading.Event()  # set by the render thread after the last frame
-        self.stop_reason = ""
+        self.stop_reason: StopReason | None = None
         self.palette = Palette.build(engine.info.classes, options.shown_ids)
         self.frames_in = self.channel_in()
         self.results = BoundedChannel(2)
@@ -159,7 +171,7 @@ class Pipeline:
         return LatestSlot() if self.options.pace == "realtime" else BoundedChannel(self.options.queue_size)
 
     # -- control --------------------------------------------------------------------------
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         """Ask every thread to finish (safe from signal handlers and any thread)."""
         if not self.stop_event.is_set():
             self.stop_reason = reason
@@ -174,7 +186,7 @@ class Pipeline:
                     if self._error is None:
                         self._error = PipelineError(stage, error, traceback.format_exc())
                         self._error.__cause__ = error
-                self.stop(f"{stage} failed")
+                self.stop(StopReason.FAILED)
         return run
 
     # -- threads --------------------------------------------------------------------------
@@ -327,24 +339,28 @@ class Pipeline:
             while not self.finished.is_set() and not self.stop_event.is_set():
                 if self.window is not None:
                     if self.window.show(self.to_window.get(POLL_S / 2)):
-                        self.stop("quit key")
+                        self.stop(StopReason.QUIT_KEY)
                 else:
                     self.finished.wait(POLL_S)
         except KeyboardInterrupt:
-            self.stop("interrupted")
+            self.stop(StopReason.INTERRUPTED)
         finally:
-            if self.finished.is_set() and not self.stop_reason:
-                self.stop_reason = "end of input"
+            if self.finished.is_set() and self.stop_reason is None:
+                self.stop_reason = StopReason.END_OF_INPUT
             self.stop_event.set()
             for worker in workers:
                 worker.join(timeout=2.0)
-            self._close_sinks()
+            self._close(engine_idle=not any(w.is_alive() for w in workers if w.name == "inference"))
         if self._error is not None:
             raise self._error
         stats = self.source.stats
         return self.recorder.summary(self.dropped, stats.corrupt, stats.reopened)
 
-    def _close_sinks(self) -> None:
+    def _close(self, engine_idle: bool) -> None:
+        """Close sinks first (their files must be complete), then the source and the engine;
+        an engine still inside a call (a stuck driver) is left to the process exit."""
         for sink in (self.video, self.metrics, self.window, self.source):
             if sink is not None:
                 sink.close()
+        if engine_idle:
+            self.engine.close()

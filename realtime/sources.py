@@ -18,7 +18,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from engines.frames import IMAGE_SUFFIXES
+
 # A video whose decoder fails this many times in a row has ended (or is truncated).
 MAX_CONSECUTIVE_DECODE_FAILURES = 25
 

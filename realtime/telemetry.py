@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from array import array
 
@@ -90,3 +91,24 @@ def format_summary(summary: dict) -> str:
         name = "end-to-end" if stage == "latency" else stage
         lines.append(f"{name:<10}{stats['p50']:>9.2f}{stats['p95']:>9.2f}{stats['mean']:>9.2f}")
     return "\n".join(lines)
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process in MB (None where the OS does not report it).
+
+    Linux's VmHWM starts afresh at exec; ru_maxrss would include the parent's peak when the
+    run was started from a big process (a benchmark holding decoded frames, say).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024

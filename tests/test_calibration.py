@@ -8,9 +8,8 @@ import onnx
 import pytest
 
 import engines
-from calibration.core import lower_precision
-from calibration.lowering import qdq_facts
-from calibration.sampling import _evenly, sample_frames
+from engines.frames import _evenly, sample_frames
+from engines.lowering import lower_precision, qdq_facts
 from helpers import camvid_or_skip, write_video
 
 
@@ -19,7 +18,7 @@ def int8_model(tmp_path_factory):
     camvid = camvid_or_skip()
     root = tmp_path_factory.mktemp("int8")
     out, facts = lower_precision(engines.DEFAULT_MODEL, "int8", root / "m.int8.onnx",
-                                 str(camvid / "train"), calib_frames=8, method="minmax",
+                                 sample_frames(camvid / "train", 8, (360, 480)), method="minmax",
                                  cache_dir=root / "cache")
     return out, facts, root
 
@@ -49,7 +48,7 @@ def test_calibration_cache_is_reused(int8_model, tmp_path):
     camvid = camvid_or_skip()
     _, first, root = int8_model
     again, facts = lower_precision(engines.DEFAULT_MODEL, "int8", tmp_path / "again.onnx",
-                                   str(camvid / "train"), calib_frames=8, method="minmax",
+                                   sample_frames(camvid / "train", 8, (360, 480)), method="minmax",
                                    cache_dir=root / "cache")
     assert facts["cache_hit"] is True and facts["cache"] == first["cache"]
     assert onnx.load(str(again)).graph == onnx.load(str(int8_model[0])).graph

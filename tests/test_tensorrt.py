@@ -12,7 +12,8 @@ import pytest
 
 import engines
 from engines.base import EngineError
-from engines.build import parse_batch, read_contract
+from engines.build import parse_batch
+from engines.contract import read_contract
 from engines.cache import (BuildTarget, engine_cache_path, read_sidecar, refusal, sidecar_mismatches,
                            timing_cache_path, write_sidecar)
 

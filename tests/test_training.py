@@ -17,8 +17,9 @@ from training import export as export_cli
 from training import frontier, train
 from training.camvid import CamVid
 from training.data import augment_batch
-from training.export import compare_with_torch, export_onnx, load_checkpoint_model
-from training.model import build_model, count_parameters
+from engines.checkpoint import load_checkpoint_model
+from engines.roadsegnet import build_model, count_parameters
+from training.export import compare_with_torch, export_onnx
 
 
 @pytest.fixture(scope="module")

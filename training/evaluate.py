@@ -13,52 +13,27 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
-import cv2
-import numpy as np
 
 import engines
 from engines.base import Engine, EngineError
-from engines.labels import CAMVID_CLASSES, CAMVID_VOID
-from engines.metrics import ConfusionMatrix, format_table
+from engines.metrics import evaluate_engine, format_table
 from training.camvid import CamVid, DatasetError
 from training.corruptions import CORRUPTIONS, corrupt_frames
 
 
-def evaluate_engine(engine: Engine, images: np.ndarray, labels: np.ndarray,
-                    batch_size: int = 1) -> dict[str, Any]:
-    """Run the engine on uint8 BGR frames and score its class ids against CamVid label maps.
-
-    Frames are resized to the engine's input size when they differ, and predictions are
-    brought back to the label size with nearest-neighbour, as the renderer does. Only CamVid's
-    11 classes are scored; a model's extra classes (the ego vehicle) count as misses.
-    """
-    classes = engine.info.classes[:len(CAMVID_CLASSES)]
-    matrix = ConfusionMatrix(len(classes), ignore_index=CAMVID_VOID)
-    height, width = engine.info.input_size
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        if batch.shape[1:3] != (height, width):
-            batch = np.stack([cv2.resize(im, (width, height), interpolation=cv2.INTER_LINEAR)
-                              for im in batch])
-        predictions = engine.infer(batch)
-        for prediction, truth in zip(predictions, labels[start:start + batch_size], strict=True):
-            if prediction.shape != truth.shape:
-                prediction = cv2.resize(prediction.astype(np.uint8), truth.shape[::-1],
-                                        interpolation=cv2.INTER_NEAREST)
-            matrix.update(prediction, truth)
-    drivable = [c.id for c in classes if c.group == "drivable"]
-    return matrix.summary([c.name for c in classes], drivable_ids=drivable)
-
-
 def main(args: argparse.Namespace) -> int:
     try:
-        engine = engines.load(args.model, args.backend)
         dataset = CamVid(args.data, args.split)
+        engine = engines.load(args.model, args.backend)
     except (EngineError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    with engine:
+        return score(engine, dataset, args)
+
+
+def score(engine: Engine, dataset: CamVid, args: argparse.Namespace) -> int:
+    """Clean metrics, then each asked-for corruption, printed and optionally written as JSON."""
     keep = [i for i, drive in enumerate(dataset.sequences()) if not args.drives or drive in args.drives]
     if not keep:
         print(f"error: no frames of drives {args.drives} in CamVid {args.split} (it has "
@@ -87,7 +62,6 @@ def main(args: argparse.Namespace) -> int:
         for name, result in summary["corrupted"].items():
             print(f"{name:<12}{result['mean_iou'] * 100:>8.2f}"
                   f"{result['per_class_iou']['Road'] * 100:>8.2f}{result['ratio_to_clean']:>9.2f}")
-    engine.close()
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0

@@ -24,9 +24,10 @@ import numpy as np
 import engines
 from engines.base import Engine
 from training.camvid import CamVid
-from training.evaluate import evaluate_engine
-from training.export import export_onnx, load_checkpoint_model, total_epochs
-from training.model import CONFIGS, RoadSegNet, build_model, count_flops, count_parameters
+from engines.checkpoint import load_checkpoint_model, total_epochs
+from engines.metrics import evaluate_engine
+from engines.roadsegnet import CONFIGS, RoadSegNet, build_model, count_flops, count_parameters
+from training.export import export_onnx
 
 REALTIME_FPS = 60
 
@@ -47,18 +48,18 @@ def time_engine(engine: Engine, runs: int = 100) -> float:
 def measure(name: str, net: RoadSegNet, scratch: Path, threads: int,
             val: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
     """One frontier point: size, speed, and val metrics when the network is trained."""
-    engine = engines.load(export_onnx(net, scratch / "model.onnx"), threads=threads)
-    ms = time_engine(engine)
-    row: dict[str, Any] = {
-        "name": name, "widths": list(net.config.widths), "blocks": list(net.config.blocks),
-        "parameters_m": count_parameters(net) / 1e6, "gflops": count_flops(net) / 1e9,
-        "ms": ms, "fps": 1000 / ms, "threads": threads,
-    }
-    if val is not None:
-        summary = evaluate_engine(engine, *val)
-        row.update(val_miou=summary["mean_iou"] * 100,
-                   val_road_iou=summary["per_class_iou"]["Road"] * 100,
-                   val_pixel_accuracy=summary["pixel_accuracy"] * 100)
+    with engines.load(export_onnx(net, scratch / "model.onnx"), threads=threads) as engine:
+        ms = time_engine(engine)
+        row: dict[str, Any] = {
+            "name": name, "widths": list(net.config.widths), "blocks": list(net.config.blocks),
+            "parameters_m": count_parameters(net) / 1e6, "gflops": count_flops(net) / 1e9,
+            "ms": ms, "fps": 1000 / ms, "threads": threads,
+        }
+        if val is not None:
+            summary = evaluate_engine(engine, *val)
+            row.update(val_miou=summary["mean_iou"] * 100,
+                       val_road_iou=summary["per_class_iou"]["Road"] * 100,
+                       val_pixel_accuracy=summary["pixel_accuracy"] * 100)
     return row
 
 

@@ -26,10 +26,10 @@ import onnxruntime as ort
 
 import engines
 from engines.base import Engine, EngineError
+from engines.frames import list_images
 from engines.labels import EGO_CLASS
 
 TEACHER = Path("../shared/teachers/twinlitenet/twinlitenet.onnx")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 BOTTOM_SHARE = 0.1
 
 
@@ -102,9 +102,9 @@ def contact_sheet(rows: list[tuple[str, np.ndarray, np.ndarray]], width: int = 4
 
 
 def main(args: argparse.Namespace) -> int:
-    frames = sorted(p for p in args.frames.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    frames = list_images(args.frames) if args.frames.is_dir() else []
     if not frames:
-        print(f"error: no images in {args.frames}; pass --frames with a folder of JPEG/PNG frames",
+        print(f"error: no images in {args.frames}; pass --frames with a folder of image frames",
               file=sys.stderr)
         return 2
     if not args.teacher.is_file():
@@ -115,7 +115,21 @@ def main(args: argparse.Namespace) -> int:
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    reference = Reference(args.teacher)
+    with engine:
+        results, sheet_rows = compare_frames(engine, Reference(args.teacher), frames)
+    worst = min(r["road_recall"] for r in results.values())
+    print(f"lowest road recall {worst * 100:.1f}% over {len(results)} frames")
+    if args.sheet:
+        cv2.imwrite(str(args.sheet), contact_sheet(sheet_rows))
+        print(f"wrote {args.sheet} (left: {args.model}; right: reference drivable area)")
+    if args.json:
+        args.json.write_text(json.dumps({"model": str(args.model), "frames": results}, indent=2))
+    return 0
+
+
+def compare_frames(engine: Engine, reference: Reference, frames: list[Path]
+                   ) -> tuple[dict[str, Any], list[tuple[str, np.ndarray, np.ndarray]]]:
+    """Per-frame figures (printed as they come) and the contact sheet's rows."""
     results, sheet_rows = {}, []
     print(f"{'frame':<22}{'road recall %':>14}{'bottom drivable %':>19}{'ref bottom %':>14}{'ego %':>8}")
     for path in frames:
@@ -131,15 +145,7 @@ def main(args: argparse.Namespace) -> int:
         theirs = image.copy()
         theirs[truth] = (0.5 * theirs[truth] + 0.5 * np.array([0, 200, 0])).astype(np.uint8)
         sheet_rows.append((path.stem, ours, theirs))
-    engine.close()
-    worst = min(r["road_recall"] for r in results.values())
-    print(f"lowest road recall {worst * 100:.1f}% over {len(results)} frames")
-    if args.sheet:
-        cv2.imwrite(str(args.sheet), contact_sheet(sheet_rows))
-        print(f"wrote {args.sheet} (left: {args.model}; right: reference drivable area)")
-    if args.json:
-        args.json.write_text(json.dumps({"model": str(args.model), "frames": results}, indent=2))
-    return 0
+    return results, sheet_rows
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

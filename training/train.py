@@ -29,8 +29,10 @@ from engines.labels import (CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, ROADSEG_CLAS
 from engines.metrics import ConfusionMatrix, format_table
 from training.augment import RobustAugment, expected_hood_share, paint_hood
 from training.data import augment_batch, class_weights, iterate_batches, load_splits
-from training.export import preprocess_bgr, total_epochs
-from training.model import RoadSegNet, build_model, count_parameters
+from engines.checkpoint import total_epochs
+from engines.contract import DEFAULT_INPUT_SIZE
+from engines.contract_wrapper import preprocess_bgr
+from engines.roadsegnet import RoadSegNet, build_model, count_parameters
 
 AUX_WEIGHT = 0.4
 AUX_LABEL_STRIDE = 4
@@ -154,7 +156,7 @@ def save_checkpoint(path: Path, model: RoadSegNet, optimizer: torch.optim.Optimi
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "best_miou": best_miou, "metrics": metrics, "num_classes": model.config.num_classes,
         "classes": classes_to_json(ROADSEG_CLASSES[:model.config.num_classes]),
-        "input_size": [360, 480],
+        "input_size": list(DEFAULT_INPUT_SIZE),  # CamVid frames are evaluated whole
         "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
     }
     tmp = path.with_suffix(".tmp")

@@ -5,11 +5,16 @@
 - INT8: explicit quantization, QuantizeLinear/DequantizeLinear pairs from calibration frames
   (ONNX Runtime's quantize_static): int8, zero point 0 (symmetric activations and weights),
   per-channel weight scales on axis 0, biases left in float, opset >= 13.
+
+The lowering takes what it needs as parameters (the ONNX, calibration frames already at the
+input size), so the TensorRT build uses it with neither the training code nor the live app;
+activation ranges are cached per model, frames and method.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +24,16 @@ from onnx import TensorProto, numpy_helper
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                       QuantType, quantize_static)
 
-from engines.base import METADATA_KEY
+from engines.contract import record_precision
+from engines.files import cache_root, file_sha256
+from engines.frames import frames_digest
+
+log = logging.getLogger(__name__)
 
 # Ops whose inputs get Q/DQ: the convolutions (TensorRT fuses Q/DQ + Conv + bias + ReLU into an
 # int8 kernel) and the residual Adds (so int8 tensors stay int8 across the skip connection).
 QUANTIZED_OPS = ["Conv", "Add"]
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-
-
-def set_precision_metadata(model: onnx.ModelProto, precision: str, extra: dict[str, Any]) -> None:
-    """Record the precision (and how it was obtained) in the contract metadata."""
-    props = {p.key: p.value for p in model.metadata_props}
-    meta = json.loads(props.get(METADATA_KEY, "{}"))
-    meta["precision"] = precision
-    meta.setdefault("lowering", {}).update(extra)
-    props[METADATA_KEY] = json.dumps(meta)
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, props)
 
 
 # Inputs that the ONNX spec requires in float32 whatever the data type (Resize's roi/scales).
@@ -86,7 +84,7 @@ def convert_fp16(onnx_in: Path, onnx_out: Path) -> Path:
             graph.node.append(onnx.helper.make_node("Cast", [inner], [graph_output.name],
                                                     to=TensorProto.FLOAT))
     del graph.value_info[:]  # stale float32 annotations; types are re-inferred
-    set_precision_metadata(model, "fp16", {"tool": "calibration.lowering.convert_fp16"})
+    record_precision(model, "fp16", {"tool": "engines.lowering.convert_fp16"})
     onnx.checker.check_model(model)
     onnx.save(model, str(onnx_out))
     return onnx_out
@@ -141,7 +139,7 @@ def quantize_int8(onnx_in: Path, onnx_out: Path, frames: np.ndarray, method: str
                        "CalibPercentile": 99.999},
     )
     quantized = onnx.load(str(onnx_out))
-    set_precision_metadata(quantized, "int8", {
+    record_precision(quantized, "int8", {
         "tool": "onnxruntime quantize_static (QDQ)", "calibration_method": method,
         "calibration_frames": int(len(frames)), "excluded_nodes": exclude_nodes or []})
     onnx.save(quantized, str(onnx_out))
@@ -176,3 +174,43 @@ def qdq_facts(model: onnx.ModelProto) -> dict[str, Any]:
             size == channels and axis == 0 for size, channels, axis in weight_scales),
         "int32_bias_dequantize": int32_dq,
     }
+
+
+def calibration_cache_dir() -> Path:
+    return cache_root() / "calibration"
+
+
+def calibration_cache_file(cache_dir: Path, onnx_sha256: str, frames: np.ndarray, method: str) -> Path:
+    """Activation ranges depend on the model, the calibration frames and the method only."""
+    return Path(cache_dir) / f"{onnx_sha256[:16]}.{frames_digest(frames)}.{method}.json"
+
+
+def lower_precision(onnx_path: Path, precision: str, out: Path, frames: np.ndarray | None = None,
+                    method: str = "percentile", cache_dir: Path | None = None,
+                    exclude: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Write the FP16 or INT8 Q/DQ ONNX; returns its path and facts for logs.
+
+    INT8 needs `frames`: uint8 BGR [N, H, W, 3] at the model's input size (engines.frames
+    samples them from a video, folder or glob).
+    """
+    if not Path(onnx_path).is_file():
+        raise FileNotFoundError(f"ONNX model {onnx_path} does not exist")
+    if precision == "fp16":
+        convert_fp16(onnx_path, out)
+        return out, {"precision": "fp16"}
+    if precision != "int8":
+        raise ValueError(f"precision {precision!r}: use fp16 or int8")
+    if frames is None or not len(frames):
+        raise ValueError("int8 needs calibration frames: pass --calib VIDEO|FOLDER|GLOB")
+    cache_dir = Path(cache_dir) if cache_dir else calibration_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = calibration_cache_file(cache_dir, file_sha256(onnx_path), frames, method)
+    cached = cache.exists()
+    log.info("int8 calibration on %d frames (%s), ranges %s %s", len(frames), method, cache,
+             "reused" if cached else "computed")
+    started = time.perf_counter()
+    quantize_int8(onnx_path, out, frames, method, cache, exclude)
+    facts = qdq_facts(onnx.load(str(out)))
+    facts.update(calibration_frames=len(frames), method=method, cache=str(cache),
+                 cache_hit=cached, seconds=round(time.perf_counter() - started, 2))
+    return out, facts

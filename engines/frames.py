@@ -1,4 +1,8 @@
-"""Calibration frames: taken evenly and deterministically from a video, a folder or a glob."""
+"""Calibration frames: taken evenly and deterministically from a video, a folder or a glob.
+
+Here rather than in `calibration` because an INT8 engine build needs them on a deployment box
+that has neither the calibration tools nor the live application.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from realtime.sources import IMAGE_SUFFIXES, SourceError
+from engines.base import EngineError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+class FramesError(EngineError):
+    """Calibration frames that cannot be read; the message names the source and the fix."""
 
 
 def _evenly(total: int, count: int) -> list[int]:
@@ -20,6 +30,7 @@ def _evenly(total: int, count: int) -> list[int]:
 
 
 def list_images(source: str | Path) -> list[Path]:
+    """The image files of a folder, or those a glob matches, sorted by name."""
     path = Path(source)
     if path.is_dir():
         return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -37,7 +48,7 @@ def sample_frames(source: str | Path, count: int, size: tuple[int, int]) -> np.n
     if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
-            raise SourceError(f"calibration source {path} is not a readable video")
+            raise FramesError(f"calibration source {path} is not a readable video")
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         if total <= 0:  # unknown length: count by decoding
             total = sum(1 for _ in iter(lambda: capture.grab() or None, None))
@@ -58,7 +69,7 @@ def sample_frames(source: str | Path, count: int, size: tuple[int, int]) -> np.n
         frames = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
                   for f in frames if f is not None]
     if not frames:
-        raise SourceError(f"no calibration frames could be read from {source!r}; pass a video, "
+        raise FramesError(f"no calibration frames could be read from {source!r}; pass a video, "
                           "an image folder or a quoted glob")
     return np.stack(frames)
 

@@ -1,0 +1,52 @@
+"""The accuracy a lowered model costs: mIoU, Road IoU and agreement against the FP32 model on
+labelled CamVid frames. The lowering itself is engines.lowering; this part needs the dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import engines
+from engines.metrics import evaluate_engine
+from training.camvid import CamVid
+
+# Accuracy budgets from the TensorRT issue: mIoU points lost against FP32.
+BUDGET_POINTS = {"fp16": 0.1, "int8": 1.0}
+
+
+def accuracy_report(fp32_path: Path, lowered: dict[str, Path], data: Path, split: str = "val",
+                    limit: int | None = None) -> dict[str, Any]:
+    """mIoU, Road IoU and pixel agreement of each lowered model vs the FP32 model (ORT)."""
+    dataset = CamVid(data, split)
+    images, labels = dataset.load_images(limit), dataset.load_labels(limit)
+    rows: dict[str, Any] = {}
+    with engines.load(fp32_path) as reference:
+        reference_ids = np.concatenate([reference.infer(images[i:i + 1]) for i in range(len(images))])
+    for precision, path in {"fp32": Path(fp32_path), **lowered}.items():
+        with engines.load(path) as engine:
+            metrics = evaluate_engine(engine, images, labels)
+            ids = np.concatenate([engine.infer(images[i:i + 1]) for i in range(len(images))])
+        rows[precision] = {"path": str(path), "mean_iou": metrics["mean_iou"],
+                           "road_iou": metrics["per_class_iou"].get("Road"),
+                           "pixel_accuracy": metrics["pixel_accuracy"],
+                           "per_class_iou": metrics["per_class_iou"],
+                           "agreement_with_fp32": float((ids == reference_ids).mean())}
+    for precision, row in rows.items():
+        row["delta_miou_points"] = (row["mean_iou"] - rows["fp32"]["mean_iou"]) * 100
+        budget = BUDGET_POINTS.get(precision)
+        row["within_budget"] = None if budget is None else -row["delta_miou_points"] <= budget
+    return {"split": split, "frames": len(images), "results": rows}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a fixed-width table, one row per precision."""
+    lines = [f"accuracy on CamVid {report['split']} ({report['frames']} frames), ONNX Runtime CPU",
+             f"{'precision':<10}{'mIoU %':>8}{'Δ pts':>8}{'Road %':>8}{'agree %':>9}  budget"]
+    for precision, row in report["results"].items():
+        verdict = "-" if row["within_budget"] is None else ("ok" if row["within_budget"] else "MISSED")
+        lines.append(f"{precision:<10}{row['mean_iou'] * 100:>8.2f}{row['delta_miou_points']:>8.2f}"
+                     f"{(row['road_iou'] or 0) * 100:>8.2f}{row['agreement_with_fp32'] * 100:>9.3f}  {verdict}")
+    return "\n".join(lines)
+
