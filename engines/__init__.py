@@ -14,7 +14,7 @@ from engines.base import Backend, Engine, EngineError, EngineInfo
 from engines.labels import LabelsError, load_labels_file
 
 __all__ = ["Engine", "EngineError", "EngineInfo", "Backend", "BACKENDS", "DEFAULT_MODEL", "load",
-           "backend_for", "backend_spec", "resolve_model", "shipped_models"]
+           "backend_for", "backend_spec", "choose_backend", "resolve_model", "shipped_models"]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "roadseg.onnx"
@@ -46,6 +46,7 @@ BACKEND_MODULES = (
     "engines.onnxruntime_backend",
     "engines.torch_backend",
     "engines.tensorrt_backend",
+    "engines.openvino_backend",
 )
 BACKENDS: dict[str, Backend] = {spec.name: spec for spec in
                                 (importlib.import_module(name).BACKEND for name in BACKEND_MODULES)}
@@ -58,15 +59,29 @@ def backend_spec(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def backend_for(path: Path) -> str:
-    """The backend that opens this file by default, from its suffix."""
+def choose_backend(path: Path) -> tuple[str, str]:
+    """The backend --backend auto uses for this file, and why.
+
+    The suffix names a default backend (.onnx → ONNX Runtime); a backend that also opens that
+    type takes it over when its own measured rule says it runs the model faster here.
+    """
     suffix = Path(path).suffix.lower()
     for spec in BACKENDS.values():
+        if suffix in spec.also_opens and spec.prefers is not None:
+            reason = spec.prefers(Path(path))
+            if reason:
+                return spec.name, reason
+    for spec in BACKENDS.values():
         if spec.accepts(path):
-            return spec.name
-    known = sorted({s for spec in BACKENDS.values() for s in spec.suffixes})
+            return spec.name, f"{suffix} files"
+    known = sorted({s for spec in BACKENDS.values() for s in (*spec.suffixes, *spec.also_opens)})
     raise EngineError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected one of "
                       f"{', '.join(known)}")
+
+
+def backend_for(path: Path) -> str:
+    """The backend that opens this file under --backend auto."""
+    return choose_backend(path)[0]
 
 
 def load(path: str | Path = DEFAULT_MODEL, backend: str = "auto", labels: str | Path | None = None,

@@ -85,6 +85,10 @@ class Backend:
     open: Callable[..., Engine]
     precision_hint: str = ""  # said when a precision it does not accept is asked ({precision})
     install: str = ""  # what to install when its runtime is missing
+    # Other file types it opens, and a rule saying when it should open them under --backend
+    # auto instead of the suffix's default backend: returns the reason, or None.
+    also_opens: tuple[str, ...] = ()
+    prefers: Callable[[Path], str | None] | None = None
 
     def accepts(self, path: Path) -> bool:
         return Path(path).suffix.lower() in self.suffixes

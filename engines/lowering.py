@@ -3,8 +3,12 @@
 - FP16: every float tensor inside the graph becomes float16; the uint8 image input and the
   class-id output keep their types.
 - INT8: explicit quantization, QuantizeLinear/DequantizeLinear pairs from calibration frames
-  (ONNX Runtime's quantize_static): int8, zero point 0 (symmetric activations and weights),
-  per-channel weight scales on axis 0, biases left in float, opset >= 13.
+  (ONNX Runtime's quantize_static), per-channel symmetric int8 weight scales on axis 0, biases
+  left in float, opset >= 13, in one of two activation forms:
+  - "s8" (default): int8 activations with zero point 0, the form TensorRT requires and
+    OpenVINO runs fastest;
+  - "u8": asymmetric uint8 activations, the form ONNX Runtime's x86 int8 kernels want (with s8
+    activations it fuses only some convolutions and runs slower than FP32).
 
 The lowering takes what it needs as parameters (the ONNX, calibration frames already at the
 input size), so the TensorRT build uses it with neither the training code nor the live app;
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 # int8 kernel) and the residual Adds (so int8 tensors stay int8 across the skip connection).
 QUANTIZED_OPS = ["Conv", "Add"]
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+ACTIVATION_FORMS = ("s8", "u8")
 
 
 # Inputs that the ONNX spec requires in float32 whatever the data type (Resize's roi/scales).
@@ -113,7 +118,8 @@ class FrameReader(CalibrationDataReader):
 
 
 def quantize_int8(onnx_in: Path, onnx_out: Path, frames: np.ndarray, method: str = "percentile",
-                  cache_path: Path | None = None, exclude_nodes: list[str] | None = None) -> Path:
+                  cache_path: Path | None = None, exclude_nodes: list[str] | None = None,
+                  activations: str = "s8") -> Path:
     """Q/DQ INT8 model calibrated on `frames` (uint8 BGR at the input size).
 
     With `cache_path`, the activation ranges are saved there and reused on the next call, so a
@@ -123,6 +129,9 @@ def quantize_int8(onnx_in: Path, onnx_out: Path, frames: np.ndarray, method: str
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise ValueError(f"calibration method {method!r}: use one of {', '.join(methods)}")
+    if activations not in ACTIVATION_FORMS:
+        raise ValueError(f"activations {activations!r}: use s8 (TensorRT, OpenVINO) or u8 (ONNX Runtime)")
+    symmetric = activations == "s8"
     model = onnx.load(str(onnx_in))
     if model.opset_import[0].version < 13:
         raise ValueError(f"{onnx_in} uses opset {model.opset_import[0].version}; per-channel Q/DQ "
@@ -132,16 +141,18 @@ def quantize_int8(onnx_in: Path, onnx_out: Path, frames: np.ndarray, method: str
     quantize_static(
         str(onnx_in), str(onnx_out), reader, quant_format=QuantFormat.QDQ,
         op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=False,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        nodes_to_exclude=exclude_nodes or [], calibrate_method=methods[method],
+        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+        weight_type=QuantType.QInt8, nodes_to_exclude=exclude_nodes or [],
+        calibrate_method=methods[method],
         calibration_cache_path=str(cache_path) if cache_path else None,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                       "CalibPercentile": 99.999},
+        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                       "QuantizeBias": False, "CalibPercentile": 99.999},
     )
     quantized = onnx.load(str(onnx_out))
     record_precision(quantized, "int8", {
         "tool": "onnxruntime quantize_static (QDQ)", "calibration_method": method,
-        "calibration_frames": int(len(frames)), "excluded_nodes": exclude_nodes or []})
+        "activations": activations, "calibration_frames": int(len(frames)),
+        "excluded_nodes": exclude_nodes or []})
     onnx.save(quantized, str(onnx_out))
     return onnx_out
 
@@ -180,14 +191,18 @@ def calibration_cache_dir() -> Path:
     return cache_root() / "calibration"
 
 
-def calibration_cache_file(cache_dir: Path, onnx_sha256: str, frames: np.ndarray, method: str) -> Path:
-    """Activation ranges depend on the model, the calibration frames and the method only."""
-    return Path(cache_dir) / f"{onnx_sha256[:16]}.{frames_digest(frames)}.{method}.json"
+def calibration_cache_file(cache_dir: Path, onnx_sha256: str, frames: np.ndarray, method: str,
+                           activations: str = "s8") -> Path:
+    """Activation ranges depend on the model, the calibration frames, the method and whether
+    they are symmetric only."""
+    form = "" if activations == "s8" else f".{activations}"
+    return Path(cache_dir) / f"{onnx_sha256[:16]}.{frames_digest(frames)}.{method}{form}.json"
 
 
 def lower_precision(onnx_path: Path, precision: str, out: Path, frames: np.ndarray | None = None,
                     method: str = "percentile", cache_dir: Path | None = None,
-                    exclude: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
+                    exclude: list[str] | None = None,
+                    activations: str = "s8") -> tuple[Path, dict[str, Any]]:
     """Write the FP16 or INT8 Q/DQ ONNX; returns its path and facts for logs.
 
     INT8 needs `frames`: uint8 BGR [N, H, W, 3] at the model's input size (engines.frames
@@ -204,13 +219,14 @@ def lower_precision(onnx_path: Path, precision: str, out: Path, frames: np.ndarr
         raise ValueError("int8 needs calibration frames: pass --calib VIDEO|FOLDER|GLOB")
     cache_dir = Path(cache_dir) if cache_dir else calibration_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cache = calibration_cache_file(cache_dir, file_sha256(onnx_path), frames, method)
+    cache = calibration_cache_file(cache_dir, file_sha256(onnx_path), frames, method, activations)
     cached = cache.exists()
-    log.info("int8 calibration on %d frames (%s), ranges %s %s", len(frames), method, cache,
-             "reused" if cached else "computed")
+    log.info("int8 (%s activations) calibration on %d frames (%s), ranges %s %s", activations,
+             len(frames), method, cache, "reused" if cached else "computed")
     started = time.perf_counter()
-    quantize_int8(onnx_path, out, frames, method, cache, exclude)
+    quantize_int8(onnx_path, out, frames, method, cache, exclude, activations)
     facts = qdq_facts(onnx.load(str(out)))
-    facts.update(calibration_frames=len(frames), method=method, cache=str(cache),
+    facts.update(calibration_frames=len(frames), method=method, activations=activations,
+                 cache=str(cache),
                  cache_hit=cached, seconds=round(time.perf_counter() - started, 2))
     return out, facts

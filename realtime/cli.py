@@ -121,16 +121,17 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
     opened: list = [source]  # closed again if a later step refuses the input
     try:
         args.model = engines.resolve_model(args.model)
-        backend = engines.backend_spec(engines.backend_for(args.model) if args.backend == "auto"
-                                       else args.backend)
+        name, args.backend_reason = (engines.choose_backend(args.model) if args.backend == "auto"
+                                     else (args.backend, "--backend"))
+        backend = engines.backend_spec(name)
         if args.precision != "auto" and args.precision not in backend.precisions:
             raise EngineError(f"--precision {args.precision} with the {backend.name} backend: "
                               f"{backend.precision_hint.format(precision=args.precision)}")
         pace = args.pace or ("realtime" if source.live else "all")
         workers, threads = inference_threads(backend.name, pace, args.workers, args.threads)
         # Inference shares the CPU with decode and render: ONNX Runtime must not spin-wait.
-        engine = engines.load(args.model, args.backend, args.labels, threads=threads, spin=False,
-                              precision=args.precision, calib=args.calib)
+        engine = engines.load(args.model, backend.name, args.labels, threads=threads, spin=False,
+                              precision=args.precision, calib=args.calib, streams=workers)
         opened.append(engine)
         try:
             shown = parse_class_selection(args.classes, engine.info.classes)
@@ -165,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    info = pipeline.engine.info
+    if not args.quiet:
+        print(f"running {info.backend} {info.precision} {info.input_width}x{info.input_height} on "
+              f"{info.device} ({args.backend_reason}), {pipeline.options.workers} inference "
+              f"thread(s)", file=sys.stderr)
     previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop(StopReason.TERMINATED))
     try:
         summary = pipeline.run()
@@ -182,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary, indent=2))
     if not args.quiet:
-        info = pipeline.engine.info
         print(f"{info.backend} {info.precision} {info.input_width}x{info.input_height} on "
               f"{pipeline.source.name}; stopped: {pipeline.stop_reason.value}", file=sys.stderr)
         print(format_summary(summary), file=sys.stderr)

@@ -107,7 +107,8 @@ frames = sample_frames({str(camvid / "val")!r}, 4, size)
 out, facts = lower_precision(engines.DEFAULT_MODEL, "int8", {str(tmp_path / "m.int8.onnx")!r}, frames,
                              method="minmax", cache_dir={str(tmp_path / "cache")!r})
 fp16, _ = lower_precision(engines.DEFAULT_MODEL, "fp16", {str(tmp_path / "m.fp16.onnx")!r})
-with engines.load(out) as int8, engines.load(fp16) as half, engines.load() as fp32:
+ort = "onnxruntime"
+with engines.load(out, ort) as int8, engines.load(fp16, ort) as half, engines.load(backend=ort) as fp32:
     reference = fp32.infer(frames)
     print(int8.info.precision, half.info.precision, sorted(engines.BACKENDS),
           (int8.infer(frames) == reference).mean() > 0.9, (half.infer(frames) == reference).mean() > 0.999)
@@ -122,7 +123,7 @@ print("leaked", leaked)
                             timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "int8 fp16 ['onnxruntime', 'tensorrt', 'torch'] True True", result.stdout
+    assert lines[0] == "int8 fp16 ['onnxruntime', 'openvino', 'tensorrt', 'torch'] True True", result.stdout
     assert lines[1].startswith("torch:") and "needs torch" in lines[1]
     assert lines[2] == "leaked []"
 

@@ -51,7 +51,13 @@ def test_camvid_clip_with_shipped_model(tmp_path):
     frames_out, size = count_video_frames(out)
     assert frames_in == frames_out == len(read_metrics(metrics)) == 101
     assert size == (480, 360)
-    assert "onnxruntime fp32 480x360" in result.stderr
+    # --backend auto says at start-up which runtime and precision run (the fastest installed).
+    backend = engines.backend_for(engines.DEFAULT_MODEL)
+    with engines.load(engines.DEFAULT_MODEL, backend) as engine:
+        precision = engine.info.precision
+    assert f"running {backend} {precision} 480x360" in result.stderr
+    assert f"{backend} {precision} 480x360" in result.stderr.splitlines()[-1] or \
+        f"{backend} {precision} 480x360 on" in result.stderr
 
 
 @pytest.mark.parametrize("name", engines.shipped_models())

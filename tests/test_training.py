@@ -129,7 +129,7 @@ def test_evaluate_cli_on_checkpoint_and_onnx_agree(tiny_run, tmp_path, capsys):
         results.append(json.loads(report.read_text()))
     assert "mean IoU" in capsys.readouterr().out
     assert abs(results[0]["mean_iou"] - results[1]["mean_iou"]) < 0.005
-    assert results[0]["backend"] == "torch" and results[1]["backend"] == "onnxruntime"
+    assert results[0]["backend"] == "torch" and results[1]["backend"] == engines.backend_for(onnx_path)
 
 
 def test_torch_backend_matches_onnx_runtime_on_real_frames(tiny_run, tmp_path):
