@@ -17,7 +17,7 @@ from calibration.report import accuracy_report, format_report
 from engines.base import EngineError
 from engines.contract import read_contract
 from engines.frames import sample_frames
-from engines.lowering import CALIBRATION_METHODS, lower_precision
+from engines.lowering import ACTIVATION_FORMS, CALIBRATION_METHODS, lower_precision
 
 log = logging.getLogger("calibration")
 
@@ -30,13 +30,14 @@ def main(args: argparse.Namespace) -> int:
             input_size, _ = read_contract(args.onnx)
             frames = sample_frames(args.calib, args.calib_frames, input_size)
         out, facts = lower_precision(args.onnx, args.precision, args.out, frames, args.method,
-                                     args.cache_dir, args.exclude or [])
+                                     args.cache_dir, args.exclude or [], args.activations)
     except (EngineError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     log.info("wrote %s (%s)", out, facts)
     if args.report:
-        report = accuracy_report(args.onnx, {args.precision: out}, args.report, args.split, args.limit)
+        report = accuracy_report(args.onnx, {args.precision: out}, args.report, args.split,
+                                 args.limit, tuple(args.runtimes))
         print(format_report(report))
         if args.report_json:
             args.report_json.write_text(json.dumps(report, indent=2))
@@ -52,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calib", default=None, help="video, image folder or quoted glob (int8)")
     parser.add_argument("--calib-frames", type=int, default=100)
     parser.add_argument("--method", choices=CALIBRATION_METHODS, default="percentile")
+    parser.add_argument("--activations", choices=ACTIVATION_FORMS, default="s8",
+                        help="int8 activation form: s8 (symmetric; TensorRT, OpenVINO) or u8 "
+                             "(asymmetric; what ONNX Runtime's x86 int8 kernels run fast)")
+    parser.add_argument("--runtimes", nargs="+", default=["onnxruntime"],
+                        choices=["onnxruntime", "openvino"],
+                        help="CPU runtimes the accuracy report runs the lowered model on")
     parser.add_argument("--exclude", nargs="*", help="node names to keep in float")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="calibration cache (activation ranges; default $ROADSEG_CACHE/calibration, "

@@ -8,8 +8,13 @@ For each model (backend chosen by suffix, or --backend) it measures, in one run:
 - engine: warm-up, then median and p95 latency over --runs calls on the video's frames;
 - pipeline: `run.py --pace all --headless --save` on the video, end-to-end FPS, per-stage ms,
   peak RSS (a separate process, exactly as a user runs it);
-- naive: read → infer → overlay → write in one thread, the way most demos are written.
-Ratios (pipeline/engine, pipeline/naive) come from the same run, so machine noise cancels.
+- naive: read → infer → overlay → write in one thread, the way most demos are written;
+- the machine bound: the CPU milliseconds one frame costs in every stage (decode, resize,
+  overlay, encode as the pipeline measured them on their threads, plus the engine timed
+  single-threaded), and `cores × 1000 / sum` frames per second, the most any arrangement of
+  those stages could reach on this machine; the pipeline's FPS is reported as a share of it.
+Ratios (pipeline/engine, pipeline/naive, pipeline/bound) come from the same run, so machine
+noise cancels.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import engines
 from engines.base import Engine
 from realtime.render import Palette, overlay, parse_class_selection
 from realtime.sources import Source, open_source
+from realtime.telemetry import CPU_STAGES
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
 
@@ -118,6 +124,8 @@ def bench_pipeline(model: Path, args: argparse.Namespace, out: Path) -> dict[str
     summary = json.loads(summary_path.read_text())
     return {"pipeline_fps": summary["fps"], "pipeline_frames": summary["frames"],
             "pipeline_stages_ms": {k: v["p50"] for k, v in summary["stages_ms"].items()},
+            "pipeline_stage_cpu_ms": {k: v["mean"] for k, v in summary["stages_ms"].items()
+                                      if k in CPU_STAGES},
             "pipeline_latency_ms_p50": summary["stages_ms"]["latency"]["p50"],
             "pipeline_latency_ms_p95": summary["stages_ms"]["latency"]["p95"],
             "peak_rss_mb": summary.get("peak_rss_mb")}
@@ -125,11 +133,14 @@ def bench_pipeline(model: Path, args: argparse.Namespace, out: Path) -> dict[str
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     header = ("| model | backend | precision | device | engine FPS (p50 ms) | pipeline FPS | naive FPS "
-              "| pipeline / engine | pipeline / naive | latency p50 / p95 ms | peak RSS MB |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|")
+              "| pipeline / engine | pipeline / naive | CPU ms / frame (engine 1 thread) | machine "
+              "bound FPS | pipeline / bound | latency p50 / p95 ms | peak RSS MB |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [f"| {r['model']} | {r['backend']} | {r['precision']} | {r['device']} | "
             f"{r['engine_fps']:.1f} ({r['engine_ms_p50']:.1f}) | {r['pipeline_fps']:.1f} | "
             f"{r['naive_fps']:.1f} | {r['pipeline_vs_engine']:.2f} | {r['pipeline_vs_naive']:.2f} | "
+            f"{r['cpu_ms_per_frame']:.1f} ({r['engine_1thread_ms']:.1f}) | {r['bound_fps']:.0f} | "
+            f"{r['pipeline_vs_bound']:.2f} | "
             f"{r['pipeline_latency_ms_p50']:.0f} / {r['pipeline_latency_ms_p95']:.0f} | "
             f"{r['peak_rss_mb'] or 0:.0f} |" for r in results]
     return "\n".join([header, *rows])
@@ -177,7 +188,14 @@ def main(args: argparse.Namespace) -> int:
                                        "frame_size": [width, height], "decode_fps": decode_fps}
                 row.update(bench_engine(engine, frames, args.runs, args.warmup))
                 row.update(bench_naive(engine, args, Path(scratch) / "naive.mp4"))
+            with engines.load(model, args.backend, threads=1) as single:
+                row["engine_1thread_ms"] = bench_engine(single, frames, max(20, args.runs // 2),
+                                                        args.warmup)["engine_ms_p50"]
             row.update(bench_pipeline(Path(model), args, Path(scratch) / "pipeline.mp4"))
+            # The machine bound: every stage's CPU per frame, over the cores there are.
+            row["cpu_ms_per_frame"] = sum(row["pipeline_stage_cpu_ms"].values()) + row["engine_1thread_ms"]
+            row["bound_fps"] = (os.cpu_count() or 1) * 1000 / row["cpu_ms_per_frame"]
+            row["pipeline_vs_bound"] = row["pipeline_fps"] / row["bound_fps"]
             row["pipeline_vs_engine"] = row["pipeline_fps"] / row["engine_fps"]
             row["pipeline_vs_naive"] = row["pipeline_fps"] / row["naive_fps"]
             row["pipeline_vs_ceiling"] = row["pipeline_fps"] / min(decode_fps, row["engine_fps"])
@@ -185,7 +203,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"{row['model']} {info.backend} {info.precision}: engine {row['engine_fps']:.1f} FPS "
                   f"(p50 {row['engine_ms_p50']:.1f} ms, p95 {row['engine_ms_p95']:.1f} ms), pipeline "
                   f"{row['pipeline_fps']:.1f} FPS, naive {row['naive_fps']:.1f} FPS, pipeline/engine "
-                  f"{row['pipeline_vs_engine']:.2f}, pipeline/naive {row['pipeline_vs_naive']:.2f}",
+                  f"{row['pipeline_vs_engine']:.2f}, pipeline/naive {row['pipeline_vs_naive']:.2f}, "
+                  f"bound {row['bound_fps']:.0f} FPS ({row['cpu_ms_per_frame']:.1f} CPU ms/frame), "
+                  f"pipeline/bound {row['pipeline_vs_bound']:.2f}",
                   flush=True)
     table = markdown_table(results)
     print(table)

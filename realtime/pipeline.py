@@ -217,7 +217,8 @@ class Pipeline:
                 model_input = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
             packet = Packet(index, captured_at, image, model_input[None], self.dropped,
                             self.source.stats.corrupt, meter.tick(captured_at),
-                            {"decode": decode.ms, "resize": resize.ms})
+                            {"decode": decode.ms, "resize": resize.ms,
+                             "decode_cpu": decode.cpu_ms, "resize_cpu": resize.cpu_ms})
             # Hand over: the mailbox replaces a stale frame, the queue waits for room.
             if self.frames_in.put(packet, self.stop_event):
                 self.dropped += 1
@@ -314,7 +315,8 @@ class Pipeline:
                 self.to_window.put(frame, self.stop_event)
         # Record the frame's timings.
         latency = (time.perf_counter() - packet.captured_at) * 1000.0
-        packet.timings.update(render=render.ms, write=write.ms, latency=latency)
+        packet.timings.update(render=render.ms, write=write.ms, latency=latency,
+                              render_cpu=render.cpu_ms, write_cpu=write.cpu_ms)
         state.latency_ms = latency if state.latency_ms == 0 else state.latency_ms + 0.1 * (latency - state.latency_ms)
         state.display_meter.tick()
         self.recorder.add(packet.timings)
