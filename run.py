@@ -1,6 +1,8 @@
 """Real-time driving-scene segmentation: python run.py --camera 0 | --video FILE | --images GLOB."""
 
-from realtime.cli import main
-
 if __name__ == "__main__":
+    try:
+        from realtime.cli import main  # importing OpenCV and the runtimes takes a moment
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
     raise SystemExit(main())

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -14,13 +16,15 @@ import engines
 from engines.base import EngineError
 from realtime.pipeline import Pipeline, PipelineError, PipelineOptions, StopReason
 from realtime.render import parse_class_selection
-from realtime.sinks import MetricsSink, SinkError, VideoSink, Window, display_available
+from realtime.sinks import (MetricsSink, SinkError, VideoSink, Window, check_writable,
+                            display_problem)
 from realtime.sources import SourceError, open_source
 from realtime.telemetry import format_summary, peak_rss_mb
 
 USER_ERRORS = (EngineError, SourceError, SinkError)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+MAX_FPS = 1000.0
 EXIT_STATUS = {StopReason.INTERRUPTED: EXIT_INTERRUPTED, StopReason.TERMINATED: EXIT_TERMINATED}
 
 
@@ -102,6 +106,9 @@ def inference_threads(backend_name: str, pace: str, workers: int | None,
         workers = 2 if backend.parallel_calls and pace == "all" and cores >= 2 else 1
     if workers < 1:
         raise EngineError("--workers must be at least 1")
+    if workers > cores:
+        raise EngineError(f"--workers {workers}: this machine has {cores} CPU cores; use at most "
+                          f"{cores}")
     if workers > 1 and not backend.parallel_calls:
         raise EngineError(f"--workers {workers}: the {backend.name} backend runs one call at a "
                           "time; use --workers 1")
@@ -110,12 +117,61 @@ def inference_threads(backend_name: str, pace: str, workers: int | None,
     return workers, threads
 
 
+def input_paths(args: argparse.Namespace) -> set[Path]:
+    """The files the run reads (resolved), so that no output can overwrite one of them."""
+    paths = {Path(args.video).resolve()} if args.video else set()
+    if args.images:
+        folder = Path(args.images)
+        found = folder.iterdir() if folder.is_dir() else map(Path, glob.glob(args.images))
+        paths.update(p.resolve() for p in found)
+    return paths
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before the first frame, any output that cannot be written or would overwrite
+    the input."""
+    reads = input_paths(args)
+    for flag, path in (("--save", args.save), ("--metrics", args.metrics),
+                       ("--summary-json", args.summary_json)):
+        if path is None:
+            continue
+        if path.resolve() in reads:
+            raise SinkError(f"{flag} {path} is the input file; writing it would destroy the input. "
+                            "Choose another output name")
+        check_writable(path, flag)
+
+
+def check_display(show: bool | None) -> bool:
+    """Whether to open a window: --show insists (and fails without a display), the default
+    falls back to headless with a warning when $DISPLAY names a server that is not there."""
+    if show is False:
+        return False
+    problem = display_problem()
+    if problem is None:
+        return True
+    if show:
+        raise SinkError(f"--show: {problem}; use --headless with --save")
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        print(f"warning: {problem}; running headless", file=sys.stderr)
+    return False
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write beside the target, then rename: a reader never sees half a file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def build_pipeline(args: argparse.Namespace) -> Pipeline:
     """Open everything that can fail on bad input, before any thread starts."""
     if not 0.0 <= args.alpha <= 1.0:
         raise SinkError(f"--alpha {args.alpha} is outside 0..1")
     if args.max_frames is not None and args.max_frames < 1:
         raise SourceError("--max-frames must be at least 1")
+    if args.fps is not None and not (math.isfinite(args.fps) and 0 < args.fps <= MAX_FPS):
+        raise SourceError(f"--fps {args.fps}: give a frame rate above 0 and at most {MAX_FPS}")
+    check_outputs(args)
     source = open_source(args.video, args.camera, args.images, args.loop, args.fps,
                          tuple(args.camera_size) if args.camera_size else None)
     opened: list = [source]  # closed again if a later step refuses the input
@@ -137,14 +193,16 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
             shown = parse_class_selection(args.classes, engine.info.classes)
         except ValueError as error:
             raise EngineError(str(error)) from None
-        video = VideoSink(args.save, source.fps) if args.save else None
+        # A file whose header claims no usable rate is written at 30 FPS.
+        fps = source.fps if math.isfinite(source.fps) and 0 < source.fps <= MAX_FPS else 30.0
+        video = VideoSink(args.save, fps) if args.save else None
         metrics = MetricsSink(args.metrics) if args.metrics else None
         if metrics is not None:
             opened.append(metrics)
-        show = display_available() if args.show is None else args.show
-        if show and not display_available():
-            raise SinkError("--show: no display available (no $DISPLAY, or OpenCV built without "
-                            "GUI); use --headless with --save")
+        show = check_display(args.show)
+        if not (show or args.save or args.metrics or args.summary_json):
+            print("warning: no window (no display) and no --save, --metrics or --summary-json: "
+                  "this run only prints its summary", file=sys.stderr)
         window = Window(f"roadseg - {source.name}") if show else None
         options = PipelineOptions(pace=pace, max_frames=args.max_frames, alpha=args.alpha,
                                   shown_ids=shown, outline=args.outline, hud=args.hud,
@@ -157,8 +215,15 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, run, report; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    """Parse, run, report; returns the process exit status (130 after Ctrl-C at any moment)."""
+    try:
+        return run(build_parser().parse_args(argv))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the pipeline, run it, print and write the summary."""
     # Progress of a first-use TensorRT build (engines.build logs it) reaches the terminal.
     logging.basicConfig(level=logging.INFO, format="[%(module)s] %(message)s")
     try:
@@ -185,10 +250,25 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
     summary["stop_reason"] = pipeline.stop_reason.value
     summary["peak_rss_mb"] = peak_rss_mb()
+    if pipeline.video is not None:
+        summary["video"] = {"path": str(pipeline.video.path), "frames": pipeline.video.frames,
+                            "size": list(pipeline.video.size or ()), "resized": pipeline.video.resized}
     if args.summary_json:
-        args.summary_json.write_text(json.dumps(summary, indent=2))
+        try:
+            write_atomically(args.summary_json, json.dumps(summary, indent=2))
+        except OSError as error:
+            print(f"error: --summary-json {args.summary_json}: writing it failed ({error.strerror})",
+                  file=sys.stderr)
+            return EXIT_FAILED
     if not args.quiet:
         print(f"{info.backend} {info.precision} {info.input_width}x{info.input_height} on "
               f"{pipeline.source.name}; stopped: {pipeline.stop_reason.value}", file=sys.stderr)
         print(format_summary(summary), file=sys.stderr)
+        video = summary.get("video")
+        if video:
+            width, height = video["size"] or (0, 0)
+            resized = (f"; {video['resized']} frames of another size were resized to it"
+                       if video["resized"] else "")
+            print(f"saved {video['frames']} frames at {width}x{height} to {video['path']}{resized}",
+                  file=sys.stderr)
     return EXIT_STATUS.get(pipeline.stop_reason, EXIT_OK)

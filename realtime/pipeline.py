@@ -24,9 +24,9 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from engines.base import Engine
+from engines.base import Engine, EngineError
 from realtime.render import Palette, draw_hud, make_legend, overlay, paste_legend
-from realtime.sinks import MetricsSink, VideoSink, Window
+from realtime.sinks import MetricsSink, SinkError, VideoSink, Window
 from realtime.sources import Source, SourceError, wait_until
 from realtime.telemetry import RateMeter, RunRecorder, StageTimer
 
@@ -154,6 +154,7 @@ class Pipeline:
         self.finished = threading.Event()  # set by the render thread after the last frame
         self.stop_reason: StopReason | None = None
         self.palette = Palette.build(engine.info.classes, options.shown_ids)
+        self.max_class_id = max(c.id for c in engine.info.classes)
         self.frames_in = self.channel_in()
         self.results = BoundedChannel(2)
         self.to_window = LatestSlot()
@@ -260,6 +261,11 @@ class Pipeline:
             with timer:
                 packet.labels = self.engine.infer(packet.model_input)[0]
             packet.timings["infer"] = timer.ms
+            # A class id beyond the table means the labels file was made for another model.
+            if int(packet.labels.max()) > self.max_class_id:
+                raise EngineError(f"the model produced class id {int(packet.labels.max())} but its "
+                                  f"class table has ids up to {self.max_class_id}; pass the labels "
+                                  "file made for this model")
             self.results.put(packet, self.stop_event)
 
     def _finish_worker(self) -> None:
@@ -362,7 +368,14 @@ class Pipeline:
         """Close sinks first (their files must be complete), then the source and the engine;
         an engine still inside a call (a stuck driver) is left to the process exit."""
         for sink in (self.video, self.metrics, self.window, self.source):
-            if sink is not None:
+            if sink is None:
+                continue
+            try:
                 sink.close()
+            except SinkError as error:  # finishing a file failed (disk full): the run failed
+                with self._error_lock:
+                    if self._error is None:
+                        self._error = PipelineError("output", error, traceback.format_exc())
+                        self._error.__cause__ = error
         if engine_idle:
             self.engine.close()

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import socket
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import IO
 
 import cv2
 import numpy as np
 
-# Containers OpenCV's FFmpeg writer handles everywhere, with a codec each supports.
-FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+# Containers and how they are written: H.264 through PyAV (plays in browsers and phones), as
+# fragmented MP4 so that a hard kill leaves a playable file; Motion-JPEG AVI through OpenCV.
+H264_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+OPENCV_CONTAINERS = {".avi": "MJPG"}
+VIDEO_SUFFIXES = (*H264_CONTAINERS, *OPENCV_CONTAINERS)
+# A fragment is cut every 250 ms (and at keyframes) and written through at once, which bounds
+# what a hard kill can lose to about a quarter of a second.
+FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "250000",
+                  "flush_packets": "1"}
 
 
 class SinkError(RuntimeError):
@@ -31,41 +42,127 @@ def check_writable(path: Path, what: str) -> None:
         raise SinkError(f"{what} {path} is a folder; give a file name")
 
 
-class VideoSink:
-    """Writes frames to a video file; opened on the first frame (its size is the frame's).
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """H.264 in 4:2:0 needs even sides: odd ones get one replicated pixel row/column."""
+    return width + width % 2, height + height % 2
 
-    The container is finalised in close(), which the pipeline calls on every exit path
-    (end, q/Esc, Ctrl-C, SIGTERM, a failing thread), so the file always plays. Only a hard
-    kill (SIGKILL, power loss) skips it: an .mp4 then lacks its index, an .mkv still plays up
-    to the last frame written, so record to .mkv where that matters.
+
+class VideoSink:
+    """Writes frames to a video file, opened on the first frame (its size is the video's).
+
+    .mp4/.m4v/.mov/.mkv are H.264 through PyAV; MP4 is fragmented (a fragment per keyframe,
+    one a second) and flushed as it goes, so a hard kill (SIGKILL, power loss) leaves a file
+    that plays up to the last second. A later frame of another size (a folder of mixed
+    images) is resized to the video's size and counted in `resized`. A write that fails (disk
+    full) raises SinkError; what was written before stays playable.
     """
 
     def __init__(self, path: str | Path, fps: float):
         self.path = Path(path)
         suffix = self.path.suffix.lower()
-        if suffix not in FOURCC:
+        if suffix not in VIDEO_SUFFIXES:
             raise SinkError(f"--save {self.path}: unsupported container {suffix or '(none)'!r}; "
-                            f"use one of {', '.join(sorted(FOURCC))}")
+                            f"use one of {', '.join(sorted(VIDEO_SUFFIXES))}")
+        if not (math.isfinite(fps) and 0 < fps <= 1000):
+            raise SinkError(f"video frame rate {fps} is not usable; give --fps between 0 and 1000")
         check_writable(self.path, "--save")
         self.fps = fps
-        self.writer: cv2.VideoWriter | None = None
         self.frames = 0
+        self.resized = 0
+        self.size: tuple[int, int] | None = None  # (width, height) of the source frames
+        self.container = self.stream = self.writer = None
+        self.complete_bytes = 0
 
-    def write(self, frame: np.ndarray) -> None:
-        if self.writer is None:
-            height, width = frame.shape[:2]
-            fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()])
+    def _open(self, width: int, height: int) -> None:
+        self.size = (width, height)
+        suffix = self.path.suffix.lower()
+        if suffix in OPENCV_CONTAINERS:
+            fourcc = cv2.VideoWriter_fourcc(*OPENCV_CONTAINERS[suffix])
             self.writer = cv2.VideoWriter(str(self.path), cv2.CAP_FFMPEG, fourcc, self.fps,
                                           (width, height))
             if not self.writer.isOpened():
-                raise SinkError(f"--save {self.path}: the video writer did not open; try .avi")
-        self.writer.write(frame)
+                raise SinkError(f"--save {self.path}: OpenCV's video writer did not open; use .mp4")
+            return
+        import av
+
+        options = FRAGMENTED_MP4 if H264_CONTAINERS[suffix] == "mp4" else {"flush_packets": "1"}
+        try:
+            self.container = av.open(str(self.path), "w", format=H264_CONTAINERS[suffix],
+                                     options=options)
+        except OSError as error:
+            raise SinkError(f"--save {self.path}: cannot create it ({error.strerror or error})") from None
+        rate = Fraction(self.fps).limit_denominator(1001)
+        self.stream = self.container.add_stream("libx264", rate=rate)
+        self.stream.width, self.stream.height = even_size(width, height)
+        self.stream.pix_fmt = "yuv420p"
+        # zerolatency: no B-frames and no lookahead, so each frame is muxed as it comes.
+        self.stream.options = {"preset": "veryfast", "tune": "zerolatency", "crf": "23",
+                               "g": str(max(1, round(self.fps)))}
+
+    def write(self, frame: np.ndarray) -> None:
+        height, width = frame.shape[:2]
+        if self.size is None:
+            self._open(width, height)
+        if (width, height) != self.size:
+            frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
+            self.resized += 1
+        try:
+            if self.writer is not None:
+                self.writer.write(frame)
+            else:
+                self._encode(frame)
+        except OSError as error:
+            self._abandon()
+            raise SinkError(f"--save {self.path}: writing frame {self.frames} failed "
+                            f"({error.strerror or error}); the file keeps the frames written "
+                            "before it and plays") from None
         self.frames += 1
 
+    def _encode(self, frame: np.ndarray) -> None:
+        import av
+
+        width, height = self.stream.width, self.stream.height
+        if frame.shape[1] != width or frame.shape[0] != height:
+            frame = cv2.copyMakeBorder(frame, 0, height - frame.shape[0], 0, width - frame.shape[1],
+                                       cv2.BORDER_REPLICATE)
+        picture = av.VideoFrame.from_ndarray(frame, format="bgr24")
+        picture.pts = self.frames
+        for packet in self.stream.encode(picture):
+            self.container.mux(packet)
+            # Packets are written through, a fragment at a time: this size ends a whole one.
+            self.complete_bytes = os.path.getsize(self.path)
+
+    def _abandon(self) -> None:
+        """After a failed write: close without the trailer and cut the partial fragment off,
+        so the file ends on a whole fragment and plays to its end."""
+        container, self.container = self.container, None
+        if container is None:
+            return
+        with contextlib.suppress(OSError):
+            container.close()
+        with contextlib.suppress(OSError):
+            os.truncate(self.path, self.complete_bytes)
+
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
+        """Flush the encoder and finalise the container; a failure here is reported once."""
+        writer, container, self.writer, self.container = self.writer, self.container, None, None
+        if writer is not None:
+            writer.release()
+        if container is None:
+            return
+        failure: OSError | None = None
+        try:
+            for packet in self.stream.encode(None):
+                container.mux(packet)
+        except OSError as error:
+            failure = error
+        try:
+            container.close()
+        except OSError as error:
+            failure = failure or error
+        if failure is not None:
+            raise SinkError(f"--save {self.path}: finishing the video failed "
+                            f"({failure.strerror or failure}); the frames muxed before are in it")
 
 
 class MetricsSink:
@@ -74,26 +171,71 @@ class MetricsSink:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         check_writable(self.path, "--metrics")
-        self.file: IO[str] | None = open(self.path, "w", encoding="utf-8")
+        try:
+            self.file: IO[str] | None = open(self.path, "w", encoding="utf-8")
+        except OSError as error:
+            raise SinkError(f"--metrics {self.path}: cannot create it ({error.strerror}); choose "
+                            "another path") from None
+        self.records = 0
+        self.complete_bytes = 0
 
     def write(self, record: dict) -> None:
-        if self.file is not None:
+        if self.file is None:
+            return
+        try:
             self.file.write(json.dumps(record, separators=(",", ":")) + "\n")
             self.file.flush()
+        except OSError as error:
+            file, self.file = self.file, None
+            with contextlib.suppress(OSError):  # the half line may not be flushable either
+                file.close()
+            with contextlib.suppress(OSError):  # drop the half-written line
+                os.truncate(self.path, self.complete_bytes)
+            raise SinkError(f"--metrics {self.path}: writing record {self.records} failed "
+                            f"({error.strerror}); the {self.records} records before it are "
+                            "complete") from None
+        self.records += 1
+        self.complete_bytes = self.file.tell()
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        file, self.file = self.file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError as error:
+                raise SinkError(f"--metrics {self.path}: closing it failed ({error.strerror})") from None
 
 
-def display_available() -> bool:
-    """Whether a window can be opened: a display server and an OpenCV build with HighGUI."""
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                                 or os.environ.get("WAYLAND_DISPLAY")):
-        return False
+def display_problem() -> str | None:
+    """Why no window can be opened here, or None when one can: a display server that answers
+    and an OpenCV build with HighGUI. A $DISPLAY naming a server that is gone would make Qt
+    abort the process, so the socket is tried first."""
     gui = [line for line in cv2.getBuildInformation().splitlines() if line.strip().startswith("GUI:")]
-    return not gui or "NONE" not in gui[0].upper()
+    if gui and "NONE" in gui[0].upper():
+        return "this OpenCV has no GUI support (opencv-python-headless?)"
+    if not sys.platform.startswith("linux"):
+        return None
+    wayland = os.environ.get("WAYLAND_DISPLAY")
+    if wayland:
+        runtime = Path(os.environ.get("XDG_RUNTIME_DIR", "/run/user/%d" % os.getuid()))
+        return None if (runtime / wayland).exists() else f"Wayland display {wayland} is not running"
+    display = os.environ.get("DISPLAY")
+    if not display:
+        return "no display ($DISPLAY is not set)"
+    host, _, rest = display.rpartition(":")
+    number = rest.split(".")[0]
+    if not number.isdigit():
+        return f"$DISPLAY={display} is not a display name"
+    try:
+        if host in ("", "unix"):
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.settimeout(0.5)
+                probe.connect(f"/tmp/.X11-unix/X{number}")
+        else:
+            socket.create_connection((host, 6000 + int(number)), timeout=0.5).close()
+    except OSError:
+        return f"the X display {display} does not answer"
+    return None
 
 
 class Window:
@@ -115,10 +257,16 @@ class Window:
                 cv2.resizeWindow(self.title, int(width * scale), int(height * scale))
                 self.sized = True
             cv2.imshow(self.title, frame)
-        key = cv2.waitKey(1) & 0xFF
-        closed = cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1
+        try:
+            key = cv2.waitKey(1) & 0xFF
+            closed = cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1
+        except cv2.error:  # the window was closed with its × button (Qt: NULL guiReceiver)
+            return True
         return key in self.QUIT_KEYS or closed
 
     def close(self) -> None:
-        cv2.destroyWindow(self.title)
-        cv2.waitKey(1)
+        try:
+            cv2.destroyWindow(self.title)
+            cv2.waitKey(1)
+        except cv2.error:  # already destroyed by the window manager
+            pass

@@ -38,9 +38,12 @@ def count_video_frames(path: Path) -> tuple[int, tuple[int, int]]:
     return frames, size
 
 
-def write_video(path: Path, frames: int, size: tuple[int, int] = (320, 240), fps: float = 30.0) -> Path:
-    """A driving-like synthetic clip: grey road trapezoid, sky, a moving 'car' box."""
+def write_video(path: Path, frames: int, size: tuple[int, int] = (320, 240), fps: float = 30.0,
+                noise: bool = False) -> Path:
+    """A driving-like synthetic clip: grey road trapezoid, sky, a moving 'car' box (with
+    `noise`, sensor-like noise that no encoder can compress away, for large outputs)."""
     width, height = size
+    rng = np.random.default_rng(0)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     for index in range(frames):
         image = np.full((height, width, 3), (200, 170, 120), np.uint8)
@@ -49,6 +52,8 @@ def write_video(path: Path, frames: int, size: tuple[int, int] = (320, 240), fps
         cv2.fillPoly(image, [road], (90, 90, 90))
         x = (index * 7) % max(1, width - 40)
         cv2.rectangle(image, (x, height * 2 // 3), (x + 40, height * 2 // 3 + 25), (30, 30, 200), -1)
+        if noise:
+            image = cv2.add(image, rng.integers(0, 60, image.shape, dtype=np.uint8))
         writer.write(image)
     writer.release()
     return path
