@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_argument_group("input (one of)")
     inputs = source.add_mutually_exclusive_group(required=True)
-    inputs.add_argument("--camera", metavar="INDEX|DEVICE", help="camera index (0) or device path")
+    inputs.add_argument("--camera", metavar="INDEX|DEVICE|URL",
+                        help="camera index (0), device path, or stream URL (rtsp://, http://...)")
     inputs.add_argument("--video", metavar="FILE", help="video file to replay")
     inputs.add_argument("--images", metavar="GLOB|DIR", help="image folder or quoted glob")
     source.add_argument("--pace", choices=["realtime", "all"], default=None,
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--loop", action="store_true", help="restart a file source at its end")
     source.add_argument("--max-frames", type=int, default=None, metavar="N")
     source.add_argument("--camera-size", type=int, nargs=2, metavar=("W", "H"), default=None)
+    source.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                        help="network streams: seconds to wait for the connection and for each "
+                             "frame before giving up (5)")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", type=Path, default=engines.DEFAULT_MODEL,
@@ -87,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--summary-json", type=Path, default=None, metavar="FILE",
                      help="write the end-of-run summary as JSON")
     out.add_argument("--quiet", action="store_true", help="no summary table")
+    out.add_argument("--verbose", action="store_true",
+                     help="keep OpenCV, FFmpeg and Qt warnings (hidden by default)")
     return parser
 
 
@@ -172,8 +178,10 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
     if args.fps is not None and not (math.isfinite(args.fps) and 0 < args.fps <= MAX_FPS):
         raise SourceError(f"--fps {args.fps}: give a frame rate above 0 and at most {MAX_FPS}")
     check_outputs(args)
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise SourceError(f"--timeout {args.timeout}: give seconds above 0")
     source = open_source(args.video, args.camera, args.images, args.loop, args.fps,
-                         tuple(args.camera_size) if args.camera_size else None)
+                         tuple(args.camera_size) if args.camera_size else None, args.timeout)
     opened: list = [source]  # closed again if a later step refuses the input
     try:
         args.model = engines.resolve_model(args.model)
@@ -222,8 +230,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """OpenCV, its FFmpeg and Qt print warnings that bury the one `error:` line; they are
+    kept for --verbose."""
+    if verbose:
+        return
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    os.environ.setdefault("QT_LOGGING_RULES", "*=false")  # read when the first window opens
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the pipeline, run it, print and write the summary."""
+    quiet_libraries(args.verbose)
     # Progress of a first-use TensorRT build (engines.build logs it) reaches the terminal.
     logging.basicConfig(level=logging.INFO, format="[%(module)s] %(message)s")
     try:

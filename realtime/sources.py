@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -160,6 +160,125 @@ class CameraSource(Source):
         self.capture.release()
 
 
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://",
+                  "srt://")
+
+
+class StreamSource(Source):
+    """A network camera or stream (RTSP, RTMP, HTTP MJPEG or HLS, UDP) read with PyAV.
+
+    FFmpeg's own timeouts bound every blocking call: connecting, and each read, give up after
+    `timeout` seconds, so a camera that accepts the connection and never sends fails with one
+    line instead of hanging, and the capture thread sees the stop flag at least that often.
+    A stream that drops after it has delivered frames is reopened with back-off.
+    """
+
+    live = True
+    BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
+    RECONNECTS = 5  # in a row without a frame, then the stream is given up
+
+    def __init__(self, url: str, timeout: float = 5.0):
+        super().__init__()
+        self.url = url
+        self.name = url
+        self.timeout = timeout
+        self.container, self._first = self._open_interruptibly()
+        rate = self.container.streams.video[0].average_rate
+        self.fps = float(rate) if rate and 1 <= float(rate) <= 1000 else 30.0
+
+    def _open_interruptibly(self) -> tuple[Any, np.ndarray]:
+        """_open on a helper thread: FFmpeg's blocking connect does not see Ctrl-C, but the
+        main thread waiting here does, and the daemon helper dies with the process."""
+        result: list = []
+
+        def connect() -> None:
+            try:
+                result.append(self._open())
+            except Exception as error:  # noqa: BLE001 - re-raised on the caller's thread
+                result.append(error)
+
+        helper = threading.Thread(target=connect, name="stream-connect", daemon=True)
+        helper.start()
+        while helper.is_alive():
+            helper.join(0.1)
+        if isinstance(result[0], Exception):
+            raise result[0]
+        return result[0]
+
+    def _open(self) -> tuple[Any, np.ndarray]:
+        """Connect and decode the first frame, or SourceError within about `timeout`."""
+        import av
+
+        options = {"rtsp_transport": "tcp"} if self.url.startswith("rtsp") else {}
+        try:
+            container = av.open(self.url, options=options, timeout=(self.timeout, self.timeout))
+        except (av.FFmpegError, OSError) as error:
+            raise SourceError(f"stream {self.url} did not open within {self.timeout:g} s "
+                              f"({_reason(error)}); check the URL and that the camera is on, or "
+                              "raise --timeout") from None
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"stream {self.url} carries no video")
+        container.streams.video[0].thread_type = "AUTO"  # threaded decode
+        try:
+            first = next(self._decode(container))
+        except (av.FFmpegError, OSError, StopIteration) as error:
+            container.close()
+            raise SourceError(f"stream {self.url} sent no frame within {self.timeout:g} s "
+                              f"({_reason(error)}); the server accepted the connection but sends "
+                              "nothing: check the stream path, or raise --timeout") from None
+        return container, first
+
+    @staticmethod
+    def _decode(container: Any) -> Iterator[np.ndarray]:
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="bgr24")
+
+    def frames(self, stop: threading.Event) -> Iterator[np.ndarray]:
+        import av
+
+        first, self._first = self._first, None
+        if first is not None:
+            yield first
+        failures = 0
+        while not stop.is_set():
+            try:
+                for image in self._decode(self.container):
+                    failures = 0
+                    yield image
+                    if stop.is_set():
+                        return
+            except (av.FFmpegError, OSError):
+                pass  # a read timed out or the connection dropped: reconnect below
+            # The stream ended or dropped: reopen with back-off, give up after a few tries.
+            self.container.close()
+            while not stop.is_set():
+                if failures >= self.RECONNECTS:
+                    raise SourceError(f"stream {self.url} stopped sending and did not come back "
+                                      f"after {failures} reconnects")
+                if stop.wait(self.BACKOFF_S[min(failures, len(self.BACKOFF_S) - 1)]):
+                    return
+                failures += 1
+                try:
+                    self.container, first = self._open()
+                except SourceError:
+                    continue
+                self.stats.reopened += 1
+                yield first
+                break
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _reason(error: BaseException) -> str:
+    """The useful part of an FFmpeg error (or 'timed out' when it only says so by errno)."""
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    # PyAV ends a call that ran past its timeout through FFmpeg's interrupt callback.
+    timed_out = any(word in text for word in ("timed out", "ETIMEDOUT", "Immediate exit"))
+    return "no answer in time" if timed_out else text
+
+
 class ImageSource(Source):
     """A folder of images, or a glob pattern, in sorted order."""
 
@@ -195,7 +314,7 @@ class ImageSource(Source):
 
 def open_source(video: str | None = None, camera: str | None = None, images: str | None = None,
                 loop: bool = False, fps: float | None = None,
-                camera_size: tuple[int, int] | None = None) -> Source:
+                camera_size: tuple[int, int] | None = None, timeout: float = 5.0) -> Source:
     """Open exactly one of the three kinds of source."""
     if sum(x is not None for x in (video, camera, images)) != 1:
         raise SourceError("give exactly one input: --video FILE, --camera INDEX or --images GLOB")
@@ -203,6 +322,8 @@ def open_source(video: str | None = None, camera: str | None = None, images: str
         return VideoSource(video, loop=loop)
     if images is not None:
         return ImageSource(images, loop=loop, fps=fps or 30.0)
+    if str(camera).startswith(STREAM_SCHEMES):
+        return StreamSource(str(camera), timeout=timeout)
     width, height = camera_size or (None, None)
     return CameraSource(camera, width, height)
 

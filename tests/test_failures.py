@@ -172,3 +172,15 @@ def test_mp4_survives_sigkill_with_nearly_every_frame(assets, tmp_path):
     frames = decoded_frames(out)
     assert written >= 60
     assert written - 15 <= frames <= written  # at most ~0.25 s (one fragment) is lost
+
+
+def test_library_warnings_do_not_bury_the_error_line():
+    result = run_app("--camera", "99", "--headless")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_precision_a_backend_cannot_build_is_refused(assets):
+    one_error(run_app("--video", str(assets["video"]), "--headless", "--backend", "tensorrt",
+                      "--precision", "bf16"), "--precision bf16", "tensorrt")

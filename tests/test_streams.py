@@ -1,0 +1,53 @@
+"""Network cameras: a real MJPEG-over-HTTP server on 127.0.0.1, read through PyAV."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from helpers import REPO, run_app
+from streams import MjpegCamera
+
+
+def test_mjpeg_camera_runs_and_reconnects_when_it_drops(tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    # Each connection delivers 40 frames, then the server hangs up: the source reconnects.
+    with MjpegCamera(frames=40) as camera:
+        result = run_app("--camera", camera.url, "--headless", "--metrics", str(metrics),
+                         "--max-frames", "100", "--summary-json", str(tmp_path / "s.json"))
+        connections = camera.connections
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["reopened"] >= 1 and connections >= 2
+    assert summary["frames"] + summary["dropped"] == 100  # live source: newest frame wins
+    assert len(metrics.read_text().splitlines()) == summary["frames"] > 40
+
+
+def test_camera_that_accepts_but_never_sends_fails_in_time():
+    with MjpegCamera(silent=True) as camera:
+        started = time.monotonic()
+        result = run_app("--camera", camera.url, "--headless", "--timeout", "2")
+        elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and camera.url in errors[0] and "--timeout" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert elapsed < 15
+
+
+def test_ctrl_c_while_connecting_to_a_silent_camera():
+    with MjpegCamera(silent=True) as camera:
+        process = subprocess.Popen([sys.executable, str(REPO / "run.py"), "--camera", camera.url,
+                                    "--headless", "--timeout", "30"], cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+        elapsed = time.monotonic() - started
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert elapsed < 5  # honoured at once, not after the 30 s timeout
