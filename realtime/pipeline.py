@@ -34,6 +34,11 @@ POLL_S = 0.05  # how often blocked threads look at the stop flag: bounds shutdow
 END = object()  # end-of-stream marker passed down the channels
 
 
+def measured(value: float) -> str:
+    """A HUD figure, or dashes until there is one (a rate needs two frames)."""
+    return f"{value:5.1f}" if value > 0 else "   --"
+
+
 class StopReason(str, Enum):
     """Why a run ended; the value is what the summary and the log line say."""
 
@@ -304,14 +309,15 @@ class Pipeline:
                             self.options.outline)
             if self.options.hud:
                 draw_hud(frame, [
-                    f"capture {packet.capture_fps:5.1f} FPS   display {state.display_meter.fps:5.1f} FPS",
-                    f"infer {state.infer_meter.fps:5.1f} FPS  {packet.timings['infer']:5.1f} ms",
-                    f"latency {state.latency_ms:5.1f} ms   dropped {packet.dropped}",
+                    f"capture {measured(packet.capture_fps)} FPS   display "
+                    f"{measured(state.display_meter.fps)} FPS",
+                    f"infer {measured(state.infer_meter.fps)} FPS  {packet.timings['infer']:5.1f} ms",
+                    f"latency {measured(state.latency_ms)} ms   dropped {packet.dropped}",
                 ])
             if self.options.legend:
                 if state.legend is None:
-                    state.legend = make_legend(self.engine.info.classes, self.options.shown_ids,
-                                               frame.shape[1])
+                    state.legend = make_legend(self.engine.info.classes, self.palette,
+                                               self.options.shown_ids, frame.shape[:2])
                 paste_legend(frame, state.legend)
         # Write / show; latency ends when the frame has left the pipeline.
         with write:

@@ -32,6 +32,68 @@ def parse_class_selection(text: str, classes: list[ClassInfo]) -> list[int]:
     return sorted(chosen)
 
 
+# Colours that stay apart from each other and from most scenes (Kelly's high-contrast set,
+# RGB), taken in order when a class's own colour is too close to one already shown.
+DISTINCT_RGB = [(255, 179, 0), (0, 200, 255), (255, 0, 110), (0, 230, 118), (255, 104, 0),
+                (166, 189, 215), (193, 0, 32), (206, 162, 98), (0, 125, 52), (246, 118, 142),
+                (0, 83, 138), (255, 122, 92), (83, 55, 122), (255, 142, 0), (179, 40, 81),
+                (244, 200, 0), (127, 24, 13), (147, 170, 0), (89, 51, 21), (241, 58, 19)]
+# Two overlaid colours must be at least MIN_COLOR_DISTANCE apart in CIE Lab (ΔE76; ~2.3 is
+# just noticeable, 30 reads at a glance) and, when both are saturated, MIN_HUE_DEGREES apart
+# in hue: a dark and a light purple are far in ΔE but still read as "the same purple".
+MIN_COLOR_DISTANCE = 30.0
+MIN_HUE_DEGREES = 35.0
+SATURATED_CHROMA = 20.0
+GROUP_ORDER = {"drivable": 0, "object": 1, "background": 2}
+
+
+def lab(rgb: tuple[int, int, int]) -> np.ndarray:
+    """CIE Lab of an sRGB colour (OpenCV's 8-bit conversion, rescaled to L 0..100, a/b ±128)."""
+    value = cv2.cvtColor(np.uint8([[rgb]]), cv2.COLOR_RGB2LAB)[0, 0].astype(np.float64)
+    return np.array([value[0] * 100 / 255, value[1] - 128, value[2] - 128])
+
+
+def color_distance(first: tuple[int, int, int], second: tuple[int, int, int]) -> float:
+    return float(np.linalg.norm(lab(first) - lab(second)))
+
+
+def hue_distance(first: tuple[int, int, int], second: tuple[int, int, int]) -> float | None:
+    """Hue angle between two colours in degrees, None when either is nearly grey."""
+    a, b = lab(first), lab(second)
+    if min(np.hypot(a[1], a[2]), np.hypot(b[1], b[2])) < SATURATED_CHROMA:
+        return None
+    angle = abs(np.degrees(np.arctan2(a[2], a[1]) - np.arctan2(b[2], b[1]))) % 360
+    return float(min(angle, 360 - angle))
+
+
+def distinct(first: tuple[int, int, int], second: tuple[int, int, int], by_hue: bool = False) -> bool:
+    """Whether two overlay colours read as different classes at a glance; `by_hue` also asks
+    for another hue (the drivable region against the objects on it)."""
+    if color_distance(first, second) < MIN_COLOR_DISTANCE:
+        return False
+    hue = hue_distance(first, second) if by_hue else None
+    return hue is None or hue >= MIN_HUE_DEGREES
+
+
+def display_colors(classes: list[ClassInfo], shown_ids: list[int]) -> dict[int, tuple[int, int, int]]:
+    """RGB overlay colour of every class: its own, except for shown classes whose own colour
+    is not `distinct` from one already chosen (drivable first, then objects), which get the
+    first high-contrast colour that is distinct from all of them."""
+    colours = {c.id: tuple(c.color) for c in classes}
+    chosen: list[tuple[tuple[int, int, int], str]] = []  # (colour, group)
+    shown = sorted((c for c in classes if c.id in shown_ids),
+                   key=lambda c: (GROUP_ORDER.get(c.group, 3), c.id))
+    for info in shown:
+        candidates = [tuple(info.color), *DISTINCT_RGB]
+        colour = next((rgb for rgb in candidates
+                       if all(distinct(rgb, other, by_hue={group, info.group} == {"drivable", "object"})
+                              for other, group in chosen)),
+                      tuple(info.color))
+        colours[info.id] = colour
+        chosen.append((colour, info.group))
+    return colours
+
+
 @dataclass(frozen=True)
 class Palette:
     """Lookup tables built once per run: BGR colour and 'shown' flag for every label value."""
@@ -39,17 +101,19 @@ class Palette:
     colors: np.ndarray  # [256, 1, 3] uint8 BGR, for cv2.LUT
     shown: np.ndarray  # [256] uint8 (255 where the class is overlaid)
     outline_ids: tuple[int, ...]  # drivable classes whose region gets an outline
+    rgb: dict[int, tuple[int, int, int]]  # the overlay colour of each class (legend, web view)
 
     @classmethod
     def build(cls, classes: list[ClassInfo], shown_ids: list[int]) -> "Palette":
         colors = np.zeros((256, 1, 3), np.uint8)
         shown = np.zeros(256, np.uint8)
-        for info in classes:
-            if info.id < 256:
-                colors[info.id, 0] = info.color[::-1]  # RGB table → BGR image
+        rgb = display_colors(classes, shown_ids)
+        for class_id, colour in rgb.items():
+            if class_id < 256:
+                colors[class_id, 0] = colour[::-1]  # RGB table → BGR image
         shown[[i for i in shown_ids if i < 256]] = 255
         outline = tuple(c.id for c in classes if c.group == "drivable" and c.id in shown_ids)
-        return cls(colors, shown, outline)
+        return cls(colors, shown, outline, rgb)
 
 
 def upsample_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -111,20 +175,32 @@ def draw_hud(image: np.ndarray, lines: list[str]) -> None:
                     thickness, cv2.LINE_AA)
 
 
-def make_legend(classes: list[ClassInfo], shown_ids: list[int], frame_width: int) -> np.ndarray:
-    """A small BGR image listing the overlaid classes with their colours (built once)."""
-    scale = max(0.4, frame_width / 1600)
+def make_legend(classes: list[ClassInfo], palette: Palette, shown_ids: list[int],
+                frame_size: tuple[int, int]) -> np.ndarray:
+    """A small BGR image listing the overlaid classes with their overlay colours (built once),
+    sized to stay within a fifth of the frame's width and half its height."""
     chosen = [c for c in classes if c.id in shown_ids]
+    height, width = frame_size
     if not chosen:
         return np.zeros((0, 0, 3), np.uint8)
-    row_h = int(22 * scale / 0.5)
-    text_w = max(cv2.getTextSize(c.name, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for c in chosen)
-    legend = np.full((row_h * len(chosen) + 6, row_h + text_w + 16, 3), 32, np.uint8)
+    scale = max(0.3, width / 1600)
+    # Shrink the text until the legend fits its share of the frame (a floor keeps it legible).
+    while True:
+        row_h = max(10, int(22 * scale / 0.5))
+        text_w = max(cv2.getTextSize(c.name, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for c in chosen)
+        legend_w, legend_h = row_h + text_w + 12, row_h * len(chosen) + 6
+        if (legend_w <= width / 5 and legend_h <= height / 2) or scale <= 0.3:
+            break
+        scale = max(0.3, scale * 0.85)
+    legend = np.full((legend_h, legend_w, 3), 32, np.uint8)
     for row, info in enumerate(chosen):
         y0 = 3 + row * row_h
-        cv2.rectangle(legend, (4, y0 + 3), (row_h - 2, y0 + row_h - 3), info.color[::-1], -1)
-        cv2.putText(legend, info.name, (row_h + 4, y0 + row_h - 6), cv2.FONT_HERSHEY_SIMPLEX,
-                    scale, (255, 255, 255), 1, cv2.LINE_AA)
+        top_left, bottom_right = (4, y0 + 3), (row_h - 2, y0 + row_h - 3)
+        cv2.rectangle(legend, top_left, bottom_right, palette.rgb[info.id][::-1], -1)
+        # A light frame keeps dark swatches (near the legend's own grey) visible.
+        cv2.rectangle(legend, top_left, bottom_right, (200, 200, 200), 1)
+        cv2.putText(legend, info.name, (row_h + 2, y0 + row_h - max(3, row_h // 4)),
+                    cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return legend
 
 

@@ -70,3 +70,31 @@ def test_class_selection():
     assert parse_class_selection("car", CLASSES) == [2]
     with pytest.raises(ValueError, match="unknown entry"):
         parse_class_selection("trucks", CLASSES)
+
+
+def test_overlaid_classes_are_clearly_apart_and_legend_matches():
+    from engines.labels import ROADSEG_CLASSES
+    from realtime.render import distinct, make_legend
+
+    for selection in ("drivable,objects", "all"):
+        shown = parse_class_selection(selection, ROADSEG_CLASSES)
+        palette = Palette.build(ROADSEG_CLASSES, shown)
+        colours = [palette.rgb[i] for i in shown]
+        pairs = [(a, b) for i, a in enumerate(colours) for b in colours[i + 1:]]
+        assert all(distinct(a, b) for a, b in pairs), selection
+        objects = [palette.rgb[c.id] for c in ROADSEG_CLASSES if c.group == "object" and c.id in shown]
+        assert all(distinct(palette.rgb[3], other, by_hue=True) for other in objects)
+        assert palette.rgb[3] == (128, 64, 128)  # the road keeps its CamVid colour
+        assert distinct(palette.rgb[3], palette.rgb[8])  # road and car: other hues
+        # The legend of a 480x360 frame stays small, and shows the overlay's colours.
+        legend = make_legend(ROADSEG_CLASSES, palette, shown, (360, 480))
+        assert legend.shape[1] <= 480 / 5 + 1 and legend.shape[0] <= 360 / 2 + 1
+        assert legend.size / (360 * 480 * 3) < 0.1
+
+
+def test_dark_swatches_are_framed():
+    from realtime.render import make_legend
+
+    dark = [ClassInfo(0, "shadow", (0, 0, 0), "object")]
+    legend = make_legend(dark, Palette.build(dark, [0]), [0], (720, 1280))
+    assert (legend == 200).all(axis=2).any()  # the light frame around the black swatch
