@@ -17,7 +17,8 @@ from engines.base import EngineError
 from realtime.pipeline import Pipeline, PipelineError, PipelineOptions, StopReason
 from realtime.render import parse_class_selection
 from realtime.sinks import (MetricsSink, SinkError, VideoSink, Window, check_writable,
-                            display_problem)
+                            display_problem, open_sink)
+from realtime.web import WebSink
 from realtime.sources import SourceError, open_source
 from realtime.telemetry import format_summary, peak_rss_mb
 
@@ -84,8 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     shows.add_argument("--show", dest="show", action="store_true", default=None,
                        help="open a window (default when a display exists)")
     shows.add_argument("--headless", dest="show", action="store_false", help="no window")
-    out.add_argument("--save", type=Path, default=None, metavar="FILE",
-                     help="write the overlaid video (.mp4, .avi, .mkv)")
+    out.add_argument("--save", type=Path, action="append", default=[], metavar="FILE|DIR/",
+                     help="write the overlay: a video (.mp4/.mkv/.mov H.264, .avi MJPEG) or a "
+                          "folder of PNGs (ends in /); repeat for several")
+    out.add_argument("--serve", default=None, metavar="[HOST:]PORT",
+                     help="live web view: / page with charts, /stream.mjpg, /stats (binds "
+                          "127.0.0.1 unless a host is given; port 0 picks a free one)")
     out.add_argument("--metrics", type=Path, default=None, metavar="FILE",
                      help="one JSON line per frame with stage times and latency")
     out.add_argument("--summary-json", type=Path, default=None, metavar="FILE",
@@ -137,14 +142,15 @@ def check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before the first frame, any output that cannot be written or would overwrite
     the input."""
     reads = input_paths(args)
-    for flag, path in (("--save", args.save), ("--metrics", args.metrics),
-                       ("--summary-json", args.summary_json)):
+    outputs = [("--save", path) for path in args.save]
+    for flag, path in [*outputs, ("--metrics", args.metrics), ("--summary-json", args.summary_json)]:
         if path is None:
             continue
         if path.resolve() in reads:
             raise SinkError(f"{flag} {path} is the input file; writing it would destroy the input. "
                             "Choose another output name")
-        check_writable(path, flag)
+        if not (flag == "--save" and (str(path).endswith(("/", os.sep)) or path.is_dir())):
+            check_writable(path, flag)
 
 
 def check_display(show: bool | None) -> bool:
@@ -203,19 +209,25 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
             raise EngineError(str(error)) from None
         # A file whose header claims no usable rate is written at 30 FPS.
         fps = source.fps if math.isfinite(source.fps) and 0 < source.fps <= MAX_FPS else 30.0
-        video = VideoSink(args.save, fps) if args.save else None
-        metrics = MetricsSink(args.metrics) if args.metrics else None
-        if metrics is not None:
-            opened.append(metrics)
+        sinks = []
+        for spec in args.save:
+            sinks.append(open_sink(spec, fps))
+            opened.append(sinks[-1])
+        if args.metrics:
+            sinks.append(MetricsSink(args.metrics))
+            opened.append(sinks[-1])
+        if args.serve:
+            sinks.append(WebSink(args.serve))
+            opened.append(sinks[-1])
         show = check_display(args.show)
-        if not (show or args.save or args.metrics or args.summary_json):
-            print("warning: no window (no display) and no --save, --metrics or --summary-json: "
-                  "this run only prints its summary", file=sys.stderr)
+        if not (show or sinks or args.summary_json):
+            print("warning: no window (no display) and no --save, --metrics, --serve or "
+                  "--summary-json: this run only prints its summary", file=sys.stderr)
         window = Window(f"roadseg - {source.name}") if show else None
         options = PipelineOptions(pace=pace, max_frames=args.max_frames, alpha=args.alpha,
                                   shown_ids=shown, outline=args.outline, hud=args.hud,
                                   legend=args.legend, workers=workers)
-        return Pipeline(source, engine, options, video=video, metrics=metrics, window=window)
+        return Pipeline(source, engine, options, sinks=sinks, window=window)
     except BaseException:
         for resource in opened:
             resource.close()
@@ -256,6 +268,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"running {info.backend} {info.precision} {info.input_width}x{info.input_height} on "
               f"{info.device} ({args.backend_reason}), {pipeline.options.workers} inference "
               f"thread(s)", file=sys.stderr)
+    for sink in pipeline.sinks:
+        if isinstance(sink, WebSink):  # always said: it is how a script finds a port-0 server
+            print(f"serving the live view on {sink.url}", file=sys.stderr, flush=True)
     previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop(StopReason.TERMINATED))
     try:
         summary = pipeline.run()
@@ -270,9 +285,10 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     summary["stop_reason"] = pipeline.stop_reason.value
     summary["peak_rss_mb"] = peak_rss_mb()
-    if pipeline.video is not None:
-        summary["video"] = {"path": str(pipeline.video.path), "frames": pipeline.video.frames,
-                            "size": list(pipeline.video.size or ()), "resized": pipeline.video.resized}
+    videos = [sink for sink in pipeline.sinks if isinstance(sink, VideoSink)]
+    if videos:
+        summary["video"] = {"path": str(videos[0].path), "frames": videos[0].frames,
+                            "size": list(videos[0].size or ()), "resized": videos[0].resized}
     if args.summary_json:
         try:
             write_atomically(args.summary_json, json.dumps(summary, indent=2))

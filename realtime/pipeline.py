@@ -26,7 +26,7 @@ import numpy as np
 
 from engines.base import Engine, EngineError
 from realtime.render import Palette, draw_hud, make_legend, overlay, paste_legend
-from realtime.sinks import MetricsSink, SinkError, VideoSink, Window
+from realtime.sinks import Sink, SinkError, Window
 from realtime.sources import Source, SourceError, wait_until
 from realtime.telemetry import RateMeter, RunRecorder, StageTimer
 
@@ -119,6 +119,7 @@ class Packet:
     capture_fps: float
     timings: dict[str, float] = field(default_factory=dict)
     labels: np.ndarray | None = None
+    source_name: str | None = None  # the input image's file name (image folders and globs)
     sequence: int = 0  # order in which inference took the frame (render restores this order)
 
 
@@ -150,10 +151,9 @@ class Pipeline:
     """Runs source → engine → overlay → sinks on three threads until the input ends or stop()."""
 
     def __init__(self, source: Source, engine: Engine, options: PipelineOptions,
-                 video: VideoSink | None = None, metrics: MetricsSink | None = None,
-                 window: Window | None = None):
+                 sinks: list[Sink] | tuple[Sink, ...] = (), window: Window | None = None):
         self.source, self.engine, self.options = source, engine, options
-        self.video, self.metrics, self.window = video, metrics, window
+        self.sinks, self.window = list(sinks), window
         self.stop_event = threading.Event()
         self.ready = threading.Event()  # set once every inference thread has warmed up
         self.finished = threading.Event()  # set by the render thread after the last frame
@@ -224,7 +224,8 @@ class Pipeline:
             packet = Packet(index, captured_at, image, model_input[None], self.dropped,
                             self.source.stats.corrupt, meter.tick(captured_at),
                             {"decode": decode.ms, "resize": resize.ms,
-                             "decode_cpu": decode.cpu_ms, "resize_cpu": resize.cpu_ms})
+                             "decode_cpu": decode.cpu_ms, "resize_cpu": resize.cpu_ms},
+                            source_name=self.source.current_name)
             # Hand over: the mailbox replaces a stale frame, the queue waits for room.
             if self.frames_in.put(packet, self.stop_event):
                 self.dropped += 1
@@ -321,8 +322,8 @@ class Pipeline:
                 paste_legend(frame, state.legend)
         # Write / show; latency ends when the frame has left the pipeline.
         with write:
-            if self.video is not None:
-                self.video.write(frame)
+            for sink in self.sinks:
+                sink.write_frame(frame, packet.source_name)
             if self.window is not None:
                 self.to_window.put(frame, self.stop_event)
         # Record the frame's timings.
@@ -332,11 +333,13 @@ class Pipeline:
         state.latency_ms = latency if state.latency_ms == 0 else state.latency_ms + 0.1 * (latency - state.latency_ms)
         state.display_meter.tick()
         self.recorder.add(packet.timings)
-        if self.metrics is not None:
-            self.metrics.write({"index": packet.index,
-                                "capture_time": round(packet.captured_at - self.recorder.started, 6),
-                                **{f"{k}_ms": round(v, 3) for k, v in packet.timings.items()},
-                                "dropped": packet.dropped, "corrupt": packet.corrupt})
+        if self.sinks:
+            record = {"index": packet.index,
+                      "capture_time": round(packet.captured_at - self.recorder.started, 6),
+                      **{f"{k}_ms": round(v, 3) for k, v in packet.timings.items()},
+                      "dropped": packet.dropped, "corrupt": packet.corrupt}
+            for sink in self.sinks:
+                sink.write_record(record)
 
     # -- main thread ----------------------------------------------------------------------
     def run(self) -> dict:
@@ -373,7 +376,7 @@ class Pipeline:
     def _close(self, engine_idle: bool) -> None:
         """Close sinks first (their files must be complete), then the source and the engine;
         an engine still inside a call (a stuck driver) is left to the process exit."""
-        for sink in (self.video, self.metrics, self.window, self.source):
+        for sink in (*self.sinks, self.window, self.source):
             if sink is None:
                 continue
             try:

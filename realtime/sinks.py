@@ -1,4 +1,13 @@
-"""Where rendered frames go: a video file, a metrics file (JSON lines), a window."""
+"""Where rendered frames go: sinks behind one interface, chosen by the output's form.
+
+    sink = open_sink("out.mp4", fps=30)       # .mp4/.m4v/.mov/.mkv H.264, .avi MJPEG
+    sink = open_sink("overlays/", fps=30)     # a folder: one PNG per frame, named after the input
+    sink = open_sink("metrics.jsonl", fps=30) # one JSON line of telemetry per frame
+
+The pipeline hands every sink each rendered frame (`write_frame`) and then the frame's
+telemetry record (`write_record`), on the render thread, and closes them all on every exit
+path. The window is the main-thread special case (`Window`); the web view is realtime.web.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +39,23 @@ class SinkError(RuntimeError):
     """An output that cannot be written; the message names the problem and the fix."""
 
 
+class Sink:
+    """One output of the pipeline. Both hooks default to doing nothing, so a sink overrides
+    what it uses; `write_frame` is timed as the pipeline's write stage, and the record it
+    gets afterwards carries that time and the frame's end-to-end latency."""
+
+    name = "sink"
+
+    def write_frame(self, frame: np.ndarray, source_name: str | None) -> None:
+        """A rendered BGR frame; `source_name` is the input image's file name, if any."""
+
+    def write_record(self, record: dict) -> None:
+        """The frame's telemetry (index, capture time, stage times, drops)."""
+
+    def close(self) -> None:
+        """Finish the output; raise SinkError if that fails (the run then fails)."""
+
+
 def check_writable(path: Path, what: str) -> None:
     """Fail before the run starts when an output cannot be created."""
     parent = path.resolve().parent
@@ -47,7 +73,7 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return width + width % 2, height + height % 2
 
 
-class VideoSink:
+class VideoSink(Sink):
     """Writes frames to a video file, opened on the first frame (its size is the video's).
 
     .mp4/.m4v/.mov/.mkv are H.264 through PyAV; MP4 is fragmented (a fragment per keyframe,
@@ -69,6 +95,7 @@ class VideoSink:
         self.fps = fps
         self.frames = 0
         self.resized = 0
+        self.name = str(self.path)
         self.size: tuple[int, int] | None = None  # (width, height) of the source frames
         self.container = self.stream = self.writer = None
         self.complete_bytes = 0
@@ -99,7 +126,7 @@ class VideoSink:
         self.stream.options = {"preset": "veryfast", "tune": "zerolatency", "crf": "23",
                                "g": str(max(1, round(self.fps)))}
 
-    def write(self, frame: np.ndarray) -> None:
+    def write_frame(self, frame: np.ndarray, source_name: str | None = None) -> None:
         height, width = frame.shape[:2]
         if self.size is None:
             self._open(width, height)
@@ -165,11 +192,12 @@ class VideoSink:
                             f"({failure.strerror or failure}); the frames muxed before are in it")
 
 
-class MetricsSink:
+class MetricsSink(Sink):
     """One JSON object per frame; each line is flushed so an interrupted run keeps them all."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.name = str(self.path)
         check_writable(self.path, "--metrics")
         try:
             self.file: IO[str] | None = open(self.path, "w", encoding="utf-8")
@@ -179,7 +207,7 @@ class MetricsSink:
         self.records = 0
         self.complete_bytes = 0
 
-    def write(self, record: dict) -> None:
+    def write_record(self, record: dict) -> None:
         if self.file is None:
             return
         try:
@@ -204,6 +232,53 @@ class MetricsSink:
                 file.close()
             except OSError as error:
                 raise SinkError(f"--metrics {self.path}: closing it failed ({error.strerror})") from None
+
+
+class ImageFolderSink(Sink):
+    """One PNG overlay per frame in a folder, named after the input image when the input is a
+    folder or glob (frame_000123.png otherwise); each is written to a temporary name and
+    renamed, so the folder never holds half a file."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.name = f"{self.folder}/"
+        if self.folder.exists() and not self.folder.is_dir():
+            raise SinkError(f"--save {folder}: {self.folder} is a file; give a folder ending in /")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SinkError(f"--save {folder}: cannot create the folder ({error.strerror})") from None
+        check_writable(self.folder / "probe.png", "--save")
+        self.frames = 0
+
+    def write_frame(self, frame: np.ndarray, source_name: str | None = None) -> None:
+        stem = Path(source_name).stem if source_name else f"frame_{self.frames:06d}"
+        target = self.folder / f"{stem}.png"
+        partial = self.folder / f".{stem}.partial.png"
+        ok, encoded = cv2.imencode(".png", frame)
+        try:
+            if not ok:
+                raise OSError(0, "PNG encoding failed")
+            partial.write_bytes(encoded.tobytes())
+            os.replace(partial, target)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise SinkError(f"--save {self.folder}/: writing {target.name} failed "
+                            f"({error.strerror}); the {self.frames} PNGs before it are complete") from None
+        self.frames += 1
+
+
+def open_sink(spec: str | Path, fps: float) -> Sink:
+    """The sink an output names: a folder (ends in / or exists as one), a .jsonl metrics
+    file, or a video container."""
+    text = str(spec)
+    path = Path(spec)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        return ImageFolderSink(path)
+    if path.suffix.lower() == ".jsonl":
+        return MetricsSink(path)
+    return VideoSink(path, fps)
 
 
 def display_problem() -> str | None:

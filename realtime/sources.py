@@ -41,6 +41,7 @@ class Source:
 
     live = False  # True for cameras: never paced, default --pace realtime
     name = "source"
+    current_name: str | None = None  # file name of the frame last yielded (image inputs)
 
     def __init__(self) -> None:
         self.stats = SourceStats()
@@ -307,6 +308,7 @@ class ImageSource(Source):
                     self.stats.corrupt += 1
                     continue
                 decoded += 1
+                self.current_name = path.name
                 yield image
             if not self.loop or decoded == 0:
                 return

@@ -55,11 +55,11 @@ class FailingMetrics(MetricsSink):
         super().__init__(path)
         self.lines, self.fail_after = 0, fail_after
 
-    def write(self, record):
+    def write_record(self, record):
         self.lines += 1
         if self.lines > self.fail_after:
             raise OSError(28, "No space left on device")
-        super().write(record)
+        super().write_record(record)
 
 
 OPTIONS = dict(pace="all", shown_ids=[3, 8], warmup=2)
@@ -71,8 +71,8 @@ def test_failure_in_any_stage_stops_the_run_with_a_playable_file(assets, tmp_pat
     source = FailingSource(assets["video"], 25) if stage == "capture" else VideoSource(assets["video"], loop=True)
     engine = FailingEngine(assets["tiny"], 25, warmup=2) if stage == "inference" else engines.load(assets["tiny"])
     metrics = FailingMetrics(tmp_path / "m.jsonl", 25) if stage == "render" else None
-    pipeline = Pipeline(source, engine, PipelineOptions(**OPTIONS), video=VideoSink(out, 30.0),
-                        metrics=metrics)
+    sinks = [VideoSink(out, 30.0), *([metrics] if metrics else [])]
+    pipeline = Pipeline(source, engine, PipelineOptions(**OPTIONS), sinks=sinks)
     started = time.monotonic()
     with pytest.raises(PipelineError) as caught:
         pipeline.run()
