@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-GROUPS = ("drivable", "object", "background", "ignore")
+GROUPS = ("drivable", "lane", "object", "background", "ignore")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,15 @@ def classes_from_json(entries: Any, source: str) -> list[ClassInfo]:
 
 
 def load_labels_file(path: Path) -> dict[str, Any]:
-    """Read a `--labels` JSON file: {"classes": [...], "input": {...optional...}}."""
+    """Read a `--labels` JSON file.
+
+    {"classes": [...]} for a one-output model, or {"outputs": {NAME: {"classes": [...]}, ...}}
+    for a multi-head model (drivable area + lane lines); plus an optional "input" section
+    (color, scale, mean, std, height, width, resize). For a multi-head model the heads are
+    merged into one class table: the first head's classes keep their ids, each later head's
+    classes other than its id 0 (background) get the next ids, and paint over the earlier
+    heads where they are predicted (lane lines over the drivable area).
+    """
     try:
         document = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -97,5 +105,51 @@ def load_labels_file(path: Path) -> dict[str, Any]:
         document = {"classes": document}
     if not isinstance(document, dict):
         raise LabelsError(f"labels file {path} must hold a JSON object with a 'classes' list")
-    document["classes"] = classes_from_json(document.get("classes"), f"labels file {path}")
+    if "outputs" in document:
+        document["heads"], document["classes"] = merge_heads(document["outputs"], f"labels file {path}")
+    else:
+        document["classes"] = classes_from_json(document.get("classes"), f"labels file {path}")
+    check_input_section(document.get("input", {}), f"labels file {path}")
     return document
+
+
+def merge_heads(outputs: Any, source: str) -> tuple[list[tuple[str, list[int]]], list[ClassInfo]]:
+    """Per head (output name, its class ids → merged ids), and the merged class table."""
+    if not isinstance(outputs, dict) or not outputs:
+        raise LabelsError(f"{source}: 'outputs' must map each output name to {{\"classes\": [...]}}")
+    merged: list[ClassInfo] = []
+    heads = []
+    for index, (name, head) in enumerate(outputs.items()):
+        classes = classes_from_json((head or {}).get("classes") if isinstance(head, dict) else None,
+                                    f"{source}, output {name!r}")
+        mapping = []
+        for info in classes:
+            if index > 0 and info.id == 0:
+                mapping.append(-1)  # a later head's background leaves the earlier heads' classes
+                continue
+            mapping.append(len(merged))
+            merged.append(ClassInfo(len(merged), info.name, info.color, info.group))
+        heads.append((str(name), mapping))
+    return heads, merged
+
+
+INPUT_KEYS = {"color", "scale", "mean", "std", "height", "width", "resize"}
+
+
+def check_input_section(section: Any, source: str) -> None:
+    """The input conventions a labels file may declare, checked up front."""
+    if not isinstance(section, dict):
+        raise LabelsError(f"{source}: 'input' must be an object")
+    unknown = set(section) - INPUT_KEYS
+    if unknown:
+        raise LabelsError(f"{source}: unknown input keys {sorted(unknown)}; use {sorted(INPUT_KEYS)}")
+    if section.get("color", "rgb") not in ("rgb", "bgr"):
+        raise LabelsError(f"{source}: input color must be \"rgb\" or \"bgr\"")
+    if section.get("resize", "stretch") != "stretch":
+        raise LabelsError(f"{source}: input resize {section['resize']!r} is not supported; frames are "
+                          "resized to the input size without keeping the aspect (\"stretch\")")
+    for key in ("mean", "std"):
+        if key in section and (not isinstance(section[key], list) or len(section[key]) != 3):
+            raise LabelsError(f"{source}: input {key} must be three numbers")
+    if "scale" in section and not (isinstance(section["scale"], (int, float)) and section["scale"] > 0):
+        raise LabelsError(f"{source}: input scale must be a positive number (255 for 0..1 inputs)")

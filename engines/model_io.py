@@ -6,6 +6,11 @@ Two input forms are accepted:
 - a user's float [N, 3, H, W] RGB input, normalised on the host with the mean/std of the
   labels file's "input" section (torchvision's convention by default).
 Two output forms: integer class ids [N, H, W], or float logits [N, C, H, W] (argmax on host).
+A multi-head model (drivable area + lane lines: YOLOP, TwinLiteNet, HybridNets) has its heads
+named in the labels file's "outputs"; their class maps are merged into one, later heads
+painting over earlier ones where they predict something other than their background. The
+labels file's "input" section states the export's conventions: color (rgb/bgr), scale (the
+divisor to 0..1, 255), mean and std (on the 0..1 scale).
 
 Each runtime describes its tensors as (name, shape, numpy dtype) with None for a dynamic axis,
 and `ModelIO.inspect` does the rest, so the two backends check models the same way.
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from engines.base import EngineError
@@ -40,15 +46,20 @@ class ModelIO:
     """The checked forms of a model's image input and first output, and the host arithmetic."""
 
     input_layout: str  # "nhwc_uint8_bgr" or "nchw_float_rgb"
-    output_kind: str  # "class_ids" or "logits"
+    output_kind: str  # "class_ids" or "logits" (of the first head)
     input_size: tuple[int, int]
     classes: list[ClassInfo]
     max_batch: int | None
     mean: np.ndarray
     std: np.ndarray
+    output_names: tuple[str, ...]  # the outputs to fetch, one per head
+    head_kinds: tuple[str, ...] = ()
+    head_maps: tuple[np.ndarray, ...] = ()  # per head: its class id → merged id (-1: keep)
+    swap_rb: bool = True  # the float input wants RGB
+    scale: float = 255.0
 
     @classmethod
-    def inspect(cls, path: Path, inputs: list[TensorSpec], output: TensorSpec,
+    def inspect(cls, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
                 metadata: dict[str, Any], labels: dict[str, Any] | None) -> "ModelIO":
         """Check the model's tensors against the accepted forms; EngineError names the mismatch."""
         if len(inputs) != 1:
@@ -56,26 +67,67 @@ class ModelIO:
                               "image input")
         image = inputs[0]
         layout = _input_layout(path, image)
-        kind = _output_kind(path, output)
-        classes = _class_table(path, labels, metadata, output if kind == "logits" else None)
+        heads = (labels or {}).get("heads")
+        if heads:
+            chosen = _head_outputs(path, outputs, [name for name, _ in heads])
+            kinds = tuple(_output_kind(path, spec) for spec in chosen)
+            classes = labels["classes"]
+            maps = tuple(np.asarray(mapping, np.int16) for _, mapping in heads)
+            for spec, kind, mapping in zip(chosen, kinds, maps, strict=True):
+                if kind == "logits" and spec.shape[1] is not None and spec.shape[1] != len(mapping):
+                    raise EngineError(f"labels do not match the model: output {spec.name!r} has "
+                                      f"{spec.shape[1]} classes, the labels file lists {len(mapping)}")
+        else:
+            chosen = [outputs[0]]
+            kinds = (_output_kind(path, outputs[0]),)
+            classes = _class_table(path, labels, metadata, outputs[0] if kinds[0] == "logits" else None)
+            maps = ()
         declared = (labels or {}).get("input") or {}
         mean = np.asarray(declared.get("mean", (0.485, 0.456, 0.406)), np.float32).reshape(1, 3, 1, 1)
         std = np.asarray(declared.get("std", (0.229, 0.224, 0.225)), np.float32).reshape(1, 3, 1, 1)
-        return cls(layout, kind, _input_size(image, layout, labels, metadata), classes,
-                   image.shape[0], mean, std)
+        return cls(layout, kinds[0], _input_size(image, layout, labels, metadata), classes,
+                   image.shape[0], mean, std, tuple(spec.name for spec in chosen), kinds, maps,
+                   declared.get("color", "rgb") == "rgb", float(declared.get("scale", 255.0)))
 
     def prepare(self, images: np.ndarray) -> np.ndarray:
         """uint8 BGR [N, H, W, 3] → what the model's input takes."""
         if self.input_layout == "nhwc_uint8_bgr":
             return images
-        rgb = images[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) * (1 / 255)
-        return (rgb - self.mean) / self.std
+        channels = images[..., ::-1] if self.swap_rb else images
+        x = channels.transpose(0, 3, 1, 2).astype(np.float32) * (1 / self.scale)
+        return (x - self.mean) / self.std
 
-    def finish(self, output: np.ndarray) -> np.ndarray:
-        """The model's output → class ids [N, h, w]."""
-        if self.output_kind == "logits":
-            return output.argmax(axis=1).astype(np.uint8 if output.shape[1] <= 256 else np.int32)
-        return output
+    def finish(self, outputs: list[np.ndarray]) -> np.ndarray:
+        """The model's outputs (one per head) → class ids [N, h, w]."""
+        if not self.head_maps:
+            return _class_ids(outputs[0], self.output_kind)
+        merged = None
+        for output, kind, mapping in zip(outputs, self.head_kinds, self.head_maps, strict=True):
+            ids = mapping[_class_ids(output, kind).astype(np.intp)]
+            if merged is None:
+                merged = ids
+                continue
+            if ids.shape != merged.shape:  # heads at other resolutions: nearest to the first's
+                ids = np.stack([cv2.resize(i.astype(np.int16), merged.shape[:0:-1],
+                                           interpolation=cv2.INTER_NEAREST) for i in ids])
+            merged = np.where(ids >= 0, ids, merged)
+        return merged.astype(np.uint8)
+
+
+def _class_ids(output: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "logits":
+        return output.argmax(axis=1).astype(np.uint8 if output.shape[1] <= 256 else np.int32)
+    return output
+
+
+def _head_outputs(path: Path, outputs: list[TensorSpec], names: list[str]) -> list[TensorSpec]:
+    by_name = {spec.name: spec for spec in outputs}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise EngineError(f"labels do not match the model: {path} has no output "
+                          f"{', '.join(map(repr, missing))}; its outputs are "
+                          f"{', '.join(repr(s.name) for s in outputs)}")
+    return [by_name[name] for name in names]
 
 
 def _input_layout(path: Path, node: TensorSpec) -> str:

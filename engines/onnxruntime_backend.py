@@ -56,22 +56,23 @@ class OnnxRuntimeEngine(ClosingEngine):
         self.session = _open_session(path, options, providers or ["CPUExecutionProvider"])
         self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        self.io = ModelIO.inspect(path, [_spec(i) for i in inputs], _spec(outputs[0]),
+        self.io = ModelIO.inspect(path, [_spec(i) for i in inputs], [_spec(o) for o in outputs],
                                   self.metadata, labels)
-        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        self.input_name = inputs[0].name
         height, width = self.io.input_size
         self.info = EngineInfo(
             path=Path(path), backend="onnxruntime", precision=self.metadata.get("precision", "fp32"),
             input_height=height, input_width=width, classes=self.io.classes,
             max_batch=self.io.max_batch, device="cpu",
             details={"input_layout": self.io.input_layout, "output": self.io.output_kind,
+                     "heads": list(self.io.output_names),
                      "providers": self.session.get_providers(),
                      "provenance": self.metadata.get("provenance", {})})
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """uint8 BGR [N, H, W, 3] → class ids [N, h, w]."""
-        output = self.session.run([self.output_name], {self.input_name: self.io.prepare(images)})[0]
-        return self.io.finish(output)
+        outputs = self.session.run(list(self.io.output_names), {self.input_name: self.io.prepare(images)})
+        return self.io.finish(outputs)
 
     def close(self) -> None:
         self.session = None

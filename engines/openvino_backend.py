@@ -82,8 +82,8 @@ class OpenVinoEngine(ClosingEngine):
         core = ov.Core()
         model = read_model(core, path)
         self.metadata = model_metadata(model)
-        self.io = ModelIO.inspect(path, [_spec(p) for p in model.inputs], _spec(model.outputs[0]),
-                                  self.metadata, labels)
+        self.io = ModelIO.inspect(path, [_spec(p) for p in model.inputs],
+                                  [_spec(p) for p in model.outputs], self.metadata, labels)
         quantized = self.metadata.get("precision") == "int8" or is_quantized(model)
         if precision == "auto":
             precision = "bf16" if cpu_has_bf16(core) else "fp32"
@@ -100,7 +100,7 @@ class OpenVinoEngine(ClosingEngine):
         started = time.perf_counter()
         self.compiled = core.compile_model(model, "CPU", config)
         compile_seconds = time.perf_counter() - started
-        self.output = self.compiled.outputs[0]
+        self.outputs = [self.compiled.output(name) for name in self.io.output_names]
         # One request per call in flight; a thread takes one, runs it and gives it back.
         self.requests: queue.Queue = queue.Queue()
         for _ in range(max(1, streams)):
@@ -119,10 +119,11 @@ class OpenVinoEngine(ClosingEngine):
         """uint8 BGR [N, H, W, 3] → class ids [N, h, w]."""
         request = self.requests.get()
         try:
-            output = request.infer({0: self.io.prepare(images)})[self.output]
+            results = request.infer({0: self.io.prepare(images)})
+            outputs = [np.array(results[port]) for port in self.outputs]  # copies: buffers are reused
         finally:
             self.requests.put(request)
-        return self.io.finish(np.array(output))  # copy: the request's buffer is reused
+        return self.io.finish(outputs)
 
     def close(self) -> None:
         self.requests = queue.Queue()

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     shows.add_argument("--show", dest="show", action="store_true", default=None,
                        help="open a window (default when a display exists)")
     shows.add_argument("--headless", dest="show", action="store_false", help="no window")
-    out.add_argument("--save", type=Path, action="append", default=[], metavar="FILE|DIR/",
+    out.add_argument("--save", action="append", default=[], metavar="FILE|DIR/",
                      help="write the overlay: a video (.mp4/.mkv/.mov H.264, .avi MJPEG) or a "
                           "folder of PNGs (ends in /); repeat for several")
     out.add_argument("--serve", default=None, metavar="[HOST:]PORT",
@@ -142,14 +142,15 @@ def check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before the first frame, any output that cannot be written or would overwrite
     the input."""
     reads = input_paths(args)
-    outputs = [("--save", path) for path in args.save]
-    for flag, path in [*outputs, ("--metrics", args.metrics), ("--summary-json", args.summary_json)]:
-        if path is None:
+    outputs = [("--save", spec) for spec in args.save]
+    for flag, spec in [*outputs, ("--metrics", args.metrics), ("--summary-json", args.summary_json)]:
+        if spec is None:
             continue
+        path = Path(spec)
         if path.resolve() in reads:
             raise SinkError(f"{flag} {path} is the input file; writing it would destroy the input. "
                             "Choose another output name")
-        if not (flag == "--save" and (str(path).endswith(("/", os.sep)) or path.is_dir())):
+        if not (flag == "--save" and (str(spec).endswith(("/", os.sep)) or path.is_dir())):
             check_writable(path, flag)
 
 

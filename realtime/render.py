@@ -10,10 +10,11 @@ import numpy as np
 from engines.labels import ClassInfo
 
 CLASS_SELECTIONS = {
-    "drivable": {"drivable"},
+    "drivable": {"drivable", "lane"},  # lane lines are drawn over the drivable region
+    "lanes": {"lane"},
     "objects": {"object"},
     "background": {"background"},
-    "all": {"drivable", "object", "background"},
+    "all": {"drivable", "lane", "object", "background"},
 }
 
 
@@ -27,7 +28,7 @@ def parse_class_selection(text: str, classes: list[ClassInfo]) -> list[int]:
         elif token in names:
             chosen.add(names[token])
         else:
-            raise ValueError(f"--classes: unknown entry {token!r}; use drivable, objects, "
+            raise ValueError(f"--classes: unknown entry {token!r}; use drivable, lanes, objects, "
                              f"background, all or class names ({', '.join(c.name for c in classes)})")
     return sorted(chosen)
 
@@ -44,7 +45,7 @@ DISTINCT_RGB = [(255, 179, 0), (0, 200, 255), (255, 0, 110), (0, 230, 118), (255
 MIN_COLOR_DISTANCE = 30.0
 MIN_HUE_DEGREES = 35.0
 SATURATED_CHROMA = 20.0
-GROUP_ORDER = {"drivable": 0, "object": 1, "background": 2}
+GROUP_ORDER = {"drivable": 0, "lane": 1, "object": 2, "background": 3}
 
 
 def lab(rgb: tuple[int, int, int]) -> np.ndarray:
@@ -86,7 +87,8 @@ def display_colors(classes: list[ClassInfo], shown_ids: list[int]) -> dict[int, 
     for info in shown:
         candidates = [tuple(info.color), *DISTINCT_RGB]
         colour = next((rgb for rgb in candidates
-                       if all(distinct(rgb, other, by_hue={group, info.group} == {"drivable", "object"})
+                       if all(distinct(rgb, other, by_hue=bool("drivable" in {group, info.group}
+                                                               and {group, info.group} & {"object", "lane"}))
                               for other, group in chosen)),
                       tuple(info.color))
         colours[info.id] = colour
