@@ -19,7 +19,7 @@ from realtime.render import parse_class_selection
 from realtime.sinks import (MetricsSink, SinkError, VideoSink, Window, check_writable,
                             display_problem, open_sink)
 from realtime.web import WebSink
-from realtime.sources import SourceError, open_source
+from realtime.sources import SourceError, open_source, source_kind
 from realtime.telemetry import format_summary, peak_rss_mb
 
 USER_ERRORS = (EngineError, SourceError, SinkError)
@@ -32,11 +32,15 @@ EXIT_STATUS = {StopReason.INTERRUPTED: EXIT_INTERRUPTED, StopReason.TERMINATED: 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py", description="Real-time semantic segmentation of driving video.",
-        epilog="examples:\n  python run.py --camera 0\n  python run.py --video drive.mp4 --save out.mp4\n"
+        epilog="examples:\n  python run.py 0\n  python run.py rtsp://192.168.1.20/stream\n  python run.py --camera 0\n  python run.py --video drive.mp4 --save out.mp4\n"
                "  python run.py --images \"frames/*.png\" --headless --metrics m.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_argument_group("input (one of)")
     inputs = source.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("input", nargs="?", default=None, metavar="INPUT",
+                        help="camera index or /dev/videoN, video file, image folder or glob, or a "
+                             "stream URL (rtsp://, rtmp://, http(s)://, udp://, srt://)")
+    inputs.add_argument("--input", dest="input_option", metavar="INPUT", help="the same as INPUT")
     inputs.add_argument("--camera", metavar="INDEX|DEVICE|URL",
                         help="camera index (0), device path, or stream URL (rtsp://, http://...)")
     inputs.add_argument("--video", metavar="FILE", help="video file to replay")
@@ -130,10 +134,14 @@ def inference_threads(backend_name: str, pace: str, workers: int | None,
 
 def input_paths(args: argparse.Namespace) -> set[Path]:
     """The files the run reads (resolved), so that no output can overwrite one of them."""
-    paths = {Path(args.video).resolve()} if args.video else set()
-    if args.images:
-        folder = Path(args.images)
-        found = folder.iterdir() if folder.is_dir() else map(Path, glob.glob(args.images))
+    spec = args.input or args.input_option
+    kind = source_kind(spec) if spec else None
+    video = args.video or (spec if kind == "video" else None)
+    images = args.images or (spec if kind == "images" else None)
+    paths = {Path(video).resolve()} if video else set()
+    if images:
+        folder = Path(images)
+        found = folder.iterdir() if folder.is_dir() else map(Path, glob.glob(images))
         paths.update(p.resolve() for p in found)
     return paths
 
@@ -188,7 +196,8 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise SourceError(f"--timeout {args.timeout}: give seconds above 0")
     source = open_source(args.video, args.camera, args.images, args.loop, args.fps,
-                         tuple(args.camera_size) if args.camera_size else None, args.timeout)
+                         tuple(args.camera_size) if args.camera_size else None, args.timeout,
+                         args.input or args.input_option)
     opened: list = [source]  # closed again if a later step refuses the input
     try:
         args.model = engines.resolve_model(args.model)

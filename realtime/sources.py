@@ -314,12 +314,35 @@ class ImageSource(Source):
                 return
 
 
+def source_kind(spec: str) -> str:
+    """Which kind of source an input spec names, the way videoSource(uri) reads a URI:
+    camera index or /dev/videoN → camera; a stream URL → stream; a folder, a glob or an image
+    file → images; any other path → video."""
+    if spec.isdigit() or spec.startswith("/dev/video"):
+        return "camera"
+    if spec.startswith(STREAM_SCHEMES):
+        return "stream"
+    path = Path(spec)
+    if path.is_dir() or any(ch in spec for ch in "*?[") or path.suffix.lower() in IMAGE_SUFFIXES:
+        return "images"
+    return "video"
+
+
 def open_source(video: str | None = None, camera: str | None = None, images: str | None = None,
                 loop: bool = False, fps: float | None = None,
-                camera_size: tuple[int, int] | None = None, timeout: float = 5.0) -> Source:
-    """Open exactly one of the three kinds of source."""
-    if sum(x is not None for x in (video, camera, images)) != 1:
-        raise SourceError("give exactly one input: --video FILE, --camera INDEX or --images GLOB")
+                camera_size: tuple[int, int] | None = None, timeout: float = 5.0,
+                spec: str | None = None) -> Source:
+    """Open exactly one source: an input spec (any kind, see source_kind) or one of the
+    explicit --video/--camera/--images."""
+    given = [x for x in (video, camera, images, spec) if x is not None]
+    if len(given) != 1:
+        raise SourceError("give exactly one input: INPUT (a camera index, device, file, folder, "
+                          "glob or URL), --video FILE, --camera INDEX or --images GLOB")
+    if spec is not None:
+        kind = source_kind(spec)
+        video, camera, images = (spec if kind == "video" else None,
+                                 spec if kind in ("camera", "stream") else None,
+                                 spec if kind == "images" else None)
     if video is not None:
         return VideoSource(video, loop=loop)
     if images is not None:
