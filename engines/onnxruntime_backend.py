@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,9 @@ class OnnxRuntimeEngine(ClosingEngine):
         # Spinning workers burn a core while idle; inside the threaded pipeline that core is
         # needed by decode and render, so the pipeline turns it off.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        started = time.perf_counter()
         self.session = _open_session(path, options, providers or ["CPUExecutionProvider"])
+        session_seconds = time.perf_counter() - started
         self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.io = ModelIO.inspect(path, [_spec(i) for i in inputs], [_spec(o) for o in outputs],
@@ -67,6 +70,7 @@ class OnnxRuntimeEngine(ClosingEngine):
             details={"input_layout": self.io.input_layout, "output": self.io.output_kind,
                      "heads": list(self.io.output_names),
                      "providers": self.session.get_providers(),
+                     "load_seconds": round(session_seconds, 3),
                      "provenance": self.metadata.get("provenance", {})})
 
     def infer(self, images: np.ndarray) -> np.ndarray:

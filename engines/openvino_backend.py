@@ -79,6 +79,7 @@ class OpenVinoEngine(ClosingEngine):
                  precision: str = "auto", streams: int = 1):
         import openvino as ov
 
+        load_started = time.perf_counter()
         core = ov.Core()
         model = read_model(core, path)
         self.metadata = model_metadata(model)
@@ -113,6 +114,7 @@ class OpenVinoEngine(ClosingEngine):
             details={"input_layout": self.io.input_layout, "output": self.io.output_kind,
                      "openvino": ov.__version__, "streams": max(1, streams),
                      "compile_seconds": round(compile_seconds, 3),
+                     "load_seconds": round(time.perf_counter() - load_started, 3),
                      "provenance": self.metadata.get("provenance", {})})
 
     def infer(self, images: np.ndarray) -> np.ndarray:

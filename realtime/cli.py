@@ -275,9 +275,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     info = pipeline.engine.info
     if not args.quiet:
+        loaded = info.details.get("load_seconds")
         print(f"running {info.backend} {info.precision} {info.input_width}x{info.input_height} on "
               f"{info.device} ({args.backend_reason}), {pipeline.options.workers} inference "
-              f"thread(s)", file=sys.stderr)
+              f"thread(s){f', model ready in {loaded:.2f} s' if loaded is not None else ''}",
+              file=sys.stderr)
     for sink in pipeline.sinks:
         if isinstance(sink, WebSink):  # always said: it is how a script finds a port-0 server
             print(f"serving the live view on {sink.url}", file=sys.stderr, flush=True)
