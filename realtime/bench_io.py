@@ -4,7 +4,8 @@ first-frame latency, and the CPU cost of the H.264 encoder against OpenCV's MPEG
     python -m realtime.bench_io --video drive540.mp4 --json io.json
     python -m realtime.bench_io --images "../shared/data/camvid/val/*.png" --json io_camvid.json
 
-Each configuration is `run.py --pace all --headless` in its own process, as a user runs it;
+Each configuration is `run.py --pace all` in its own process, as a user runs it (headless
+unless the configuration is the window's, with --window);
 web viewers are real HTTP clients reading /stream.mjpg while the run lasts.
 """
 
@@ -50,8 +51,9 @@ def viewer(url: str, stop: threading.Event, counts: list[int], first: list[float
 def run_config(input_args: list[str], outputs: list[str], viewers: int, scratch: Path) -> dict[str, Any]:
     """One pipeline run; returns its FPS and, with viewers, what they received."""
     summary = scratch / "summary.json"
-    command = [sys.executable, str(RUN_PY), *input_args, "--pace", "all", "--headless",
-               "--summary-json", str(summary), *outputs]
+    shown = "--show" in outputs
+    command = [sys.executable, str(RUN_PY), *input_args, "--pace", "all",
+               *([] if shown else ["--headless"]), "--summary-json", str(summary), *outputs]
     if viewers:
         command += ["--serve", "127.0.0.1:0"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -110,7 +112,8 @@ def main(args: argparse.Namespace) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
-        configs = [([], 0), ([f"--save={scratch}/o.mp4"], 0), ([f"--save={scratch}/o.avi"], 0),
+        window = [(["--show"], 0), (["--show", f"--save={scratch}/o.mp4"], 0)] if args.window else []
+        configs = [*window, ([], 0), ([f"--save={scratch}/o.mp4"], 0), ([f"--save={scratch}/o.avi"], 0),
                    ([f"--save={scratch}/o.mp4", f"--metrics={scratch}/m.jsonl"], 1),
                    ([f"--save={scratch}/o.mp4", f"--metrics={scratch}/m.jsonl"], 2)]
         for outputs, viewers in configs:
@@ -143,6 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--video", type=Path)
     source.add_argument("--images")
     parser.add_argument("--max-frames", type=int, default=None)
+    parser.add_argument("--window", action="store_true",
+                        help="also runs with the window (needs a display; Xvfb works)")
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args(argv)
 
