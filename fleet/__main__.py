@@ -1,0 +1,3 @@
+from fleet.job import main, parse_args
+
+raise SystemExit(main(parse_args()))

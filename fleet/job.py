@@ -1,0 +1,334 @@
+"""Segment an archive of dashcam recordings on Ray, with the same engines as the live app.
+
+    python -m fleet recordings/ --out segmented/                 # embedded local Ray
+    python -m fleet "archive/**/*.mp4" --out s3out/ --address auto --actors 8 --gpus-per-actor 1
+
+Per video it writes, into OUT/<video name>/: `overlay.mp4` (H.264, unless --no-video),
+`frames.parquet` (one row per frame: video, frame, timestamp, the pixel share of every class,
+the drivable share, a has_<class> flag for each object class present) and `summary.json`,
+written last; all through temporary names and a rename, so a file that exists is whole. The
+job writes OUT/job.json (videos, frames, throughput, failures).
+
+How it runs (Ray Data, streaming):
+1. the driver lists the videos, skips those whose summary.json exists (a rerun does no work),
+   probes the rest (an unreadable or corrupt one is recorded as a failure and skipped) and
+   splits each into ranges of --chunk frames;
+2. Ray tasks decode the ranges (OpenCV's FFmpeg, seeking to the range's first frame: the same
+   decoder as the live app, so the same pixels);
+3. an actor pool runs inference, one engine per actor (any model engines.load opens; one GPU
+   per actor with --gpus-per-actor, CPU threads per actor otherwise), frame by frame at batch
+   1 as the app does, so the labels equal the app's; actors also render the overlay;
+4. the driver receives the frames in order (preserve_order) and writes each video's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+import engines
+from engines.base import EngineError
+from realtime.render import Palette, overlay, parse_class_selection
+from realtime.sinks import SinkError, VideoSink
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts")
+DECODE_CPUS = 0.5  # a decode task is lighter than inference
+PRESENT_SHARE = 0.0005  # an object class counts as present above 0.05 % of the frame
+
+
+def list_videos(inputs: list[str]) -> list[Path]:
+    """Video files named directly, found in folders (recursively) or matched by globs."""
+    found: list[Path] = []
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+        elif any(ch in spec for ch in "*?["):
+            found += sorted(Path(p) for p in glob.glob(spec, recursive=True)
+                            if Path(p).suffix.lower() in VIDEO_SUFFIXES)
+        else:
+            found.append(path)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return unique
+
+
+def output_dirs(out: Path, videos: list[Path]) -> dict[Path, Path]:
+    """OUT/<stem> per video; stems that occur twice get a short hash of the path."""
+    import hashlib
+
+    stems = [v.stem for v in videos]
+    return {video: out / (video.stem if stems.count(video.stem) == 1 else
+                          f"{video.stem}-{hashlib.sha1(str(video).encode()).hexdigest()[:8]}")
+            for video in videos}
+
+
+def probe(video: Path) -> tuple[int, float]:
+    """(frame count, fps) of a readable video; ValueError naming the problem otherwise."""
+    capture = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+    try:
+        if not capture.isOpened():
+            raise ValueError("not a readable video (cannot be opened)")
+        frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+        ok, _ = capture.read()
+        if not ok or frames <= 0:
+            raise ValueError("no decodable frames (empty or damaged file)")
+        return frames, fps if 1 <= fps <= 1000 else 30.0
+    finally:
+        capture.release()
+
+
+def quiet_opencv() -> None:
+    """OpenCV's FFmpeg warnings would flood the job's output; failures are reported instead."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def decode_range(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Ray task body: the frames [start, stop) of one video, as rows; an error row (frame -1)
+    when the file breaks part-way, so one bad video never fails the job."""
+    quiet_opencv()
+    capture = cv2.VideoCapture(item["video"], cv2.CAP_FFMPEG)
+    try:
+        if item["start"]:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, item["start"])
+        for index in range(item["start"], item["stop"]):
+            ok, image = capture.read()
+            if not ok:
+                if index < item["stop"] - 1 or item["stop"] < item["frames"]:
+                    yield {**_row(item, -1), "error": f"decoding stopped at frame {index}"}
+                return
+            yield {**_row(item, index), "image": image, "error": ""}
+    finally:
+        capture.release()
+
+
+def _row(item: dict[str, Any], index: int) -> dict[str, Any]:
+    return {"video": item["video"], "frame": index, "fps": item["fps"], "frames": item["frames"]}
+
+
+class Segmenter:
+    """Ray actor: one engine for its lifetime; labels, class shares and the overlay per frame."""
+
+    def __init__(self, model: str, backend: str, threads: int | None, video: bool,
+                 classes: str) -> None:
+        self.engine = engines.load(model, backend, threads=threads, spin=False)
+        self.classes = self.engine.info.classes
+        self.palette = Palette.build(self.classes, parse_class_selection(classes, self.classes))
+        self.video = video
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        height, width = self.engine.info.input_size
+        shares, overlays = [], []
+        for image, error in zip(batch["image"], batch["error"], strict=True):
+            if error:  # an error row passes through
+                shares.append(np.zeros(len(self.classes), np.float32))
+                overlays.append(np.zeros((1, 1, 3), np.uint8))
+                continue
+            # The app's steps: resize to the input (bilinear), infer at batch 1.
+            model_input = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+            labels = self.engine.infer(model_input[None])[0]
+            counts = np.bincount(labels.ravel(), minlength=len(self.classes))[:len(self.classes)]
+            shares.append((counts / labels.size).astype(np.float32))
+            overlays.append(overlay(image, labels, self.palette) if self.video else np.zeros((1, 1, 3), np.uint8))
+        out = {key: batch[key] for key in ("video", "frame", "fps", "frames", "error")}
+        out["shares"] = np.stack(shares)
+        out["overlay"] = overlays if self.video else np.zeros(len(shares), np.uint8)
+        return out
+
+
+class VideoWriterSet:
+    """The driver's per-video outputs: rows for the Parquet table, the overlay video, all
+    written to temporary names and renamed when the video is complete."""
+
+    def __init__(self, video: Path, folder: Path, classes: list, fps: float, with_video: bool):
+        self.video, self.folder, self.classes = video, folder, classes
+        folder.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+        self.sink = VideoSink(folder / ".overlay.partial.mp4", fps) if with_video else None
+        self.fps = fps
+        self.error = ""
+
+    def add(self, frame: int, shares: np.ndarray, image: Any) -> None:
+        row: dict[str, Any] = {"video": str(self.video), "frame": frame,
+                               "timestamp": round(frame / self.fps, 6)}
+        for info in self.classes:
+            row[f"share_{info.name}"] = float(shares[info.id])
+        row["drivable_share"] = float(sum(shares[c.id] for c in self.classes if c.group == "drivable"))
+        for info in self.classes:
+            if info.group == "object":
+                row[f"has_{info.name}"] = bool(shares[info.id] >= PRESENT_SHARE)
+        self.rows.append(row)
+        if self.sink is not None:
+            self.sink.write_frame(image)
+
+    def finish(self, seconds: float) -> dict[str, Any]:
+        """Close the video, write frames.parquet, then summary.json (the completeness mark)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.sink is not None:
+            self.sink.close()
+            os.replace(self.folder / ".overlay.partial.mp4", self.folder / "overlay.mp4")
+        table = pa.Table.from_pylist(self.rows)
+        partial = self.folder / ".frames.partial.parquet"
+        pq.write_table(table, partial)
+        os.replace(partial, self.folder / "frames.parquet")
+        summary = {"video": str(self.video), "frames": len(self.rows), "seconds": round(seconds, 3),
+                   "drivable_share_mean": float(np.mean([r["drivable_share"] for r in self.rows])),
+                   "overlay": "overlay.mp4" if self.sink is not None else None}
+        write_json(self.folder / "summary.json", summary)
+        return summary
+
+    def abandon(self) -> None:
+        """A video that broke part-way leaves no output that looks complete."""
+        if self.sink is not None:
+            try:
+                self.sink.close()
+            except SinkError:
+                pass
+        for name in (".overlay.partial.mp4", ".frames.partial.parquet"):
+            (self.folder / name).unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=2))
+    os.replace(partial, path)
+
+
+def main(args: argparse.Namespace) -> int:
+    import ray
+    import ray.data
+
+    started = time.perf_counter()
+    quiet_opencv()
+    # Plan: list, skip complete outputs, probe, split into frame ranges.
+    videos = list_videos(args.inputs)
+    if not videos:
+        print(f"error: no videos in {' '.join(args.inputs)}; give video files, folders or quoted "
+              "globs", file=sys.stderr)
+        return 2
+    try:
+        with engines.load(args.model, args.backend) as probe_engine:
+            classes = probe_engine.info.classes
+            parse_class_selection(args.classes, classes)
+    except (EngineError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    failures, skipped, items, planned = [], [], [], {}
+    folders = output_dirs(args.out, videos)
+    for video in videos:
+        if (folders[video] / "summary.json").exists():
+            skipped.append(str(video))
+            continue
+        try:
+            frames, fps = probe(video)
+        except ValueError as error:
+            failures.append({"video": str(video), "error": str(error)})
+            continue
+        planned[str(video)] = (frames, fps)
+        items += [{"video": str(video), "start": start, "stop": min(frames, start + args.chunk),
+                   "frames": frames, "fps": fps} for start in range(0, frames, args.chunk)]
+    print(f"{len(videos)} videos: {len(planned)} to do ({sum(f for f, _ in planned.values())} frames "
+          f"in {len(items)} ranges), {len(skipped)} already done, {len(failures)} unreadable",
+          file=sys.stderr)
+    results: dict[str, Any] = {}
+    if items:
+        # Logical CPUs of the local Ray: the actors hold theirs for the whole job, so the decode
+        # tasks need room beside them or the pipeline waits forever.
+        local_cpus = max(args.num_cpus or os.cpu_count() or 1,
+                         math.ceil(args.actors * args.threads + DECODE_CPUS))
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, **({} if args.address else {"num_cpus": local_cpus}))
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # frames come back in video order
+        context.enable_progress_bars = not args.quiet
+        per_actor = {"num_gpus": args.gpus_per_actor} if args.gpus_per_actor else {"num_cpus": args.threads}
+        dataset = (ray.data.from_items(items, override_num_blocks=len(items))
+                   .flat_map(decode_range, num_cpus=DECODE_CPUS)
+                   .map_batches(Segmenter, batch_size=args.batch,
+                                fn_constructor_kwargs={"model": str(args.model), "backend": args.backend,
+                                                       "threads": args.threads, "video": not args.no_video,
+                                                       "classes": args.classes},
+                                compute=ray.data.ActorPoolStrategy(size=args.actors), **per_actor))
+        results = write_outputs(dataset, planned, classes, args, failures,
+                                {str(v): f for v, f in folders.items()})
+        ray.shutdown()
+    seconds = time.perf_counter() - started
+    frames_done = sum(r["frames"] for r in results.values())
+    job = {"videos": len(videos), "done": len(results), "skipped": skipped, "failures": failures,
+           "frames": frames_done, "seconds": round(seconds, 2),
+           "fps": round(frames_done / seconds, 2) if frames_done else 0.0, "actors": args.actors,
+           "model": str(args.model)}
+    write_json(args.out / "job.json", job)
+    print(f"done: {len(results)} videos, {frames_done} frames in {seconds:.1f} s "
+          f"({job['fps']:.1f} frames/s), {len(skipped)} skipped, {len(failures)} failed",
+          file=sys.stderr)
+    for failure in failures:
+        print(f"failed: {failure['video']}: {failure['error']}", file=sys.stderr)
+    return 0 if not failures else 1
+
+
+def write_outputs(dataset: Any, planned: dict[str, tuple[int, float]], classes: list,
+                  args: argparse.Namespace, failures: list[dict[str, str]],
+                  folders: dict[str, Path]) -> dict[str, Any]:
+    """Consume the ordered rows and write every video's files; returns their summaries."""
+    results, current, started = {}, None, time.perf_counter()
+    broken: set[str] = set()
+    for row in dataset.iter_rows():
+        video = row["video"]
+        if video in broken:
+            continue
+        if current is None or str(current.video) != video:
+            # A new video begins: the previous one is complete (ranges arrive in order).
+            if current is not None:
+                results[str(current.video)] = current.finish(time.perf_counter() - started)
+            started = time.perf_counter()
+            current = VideoWriterSet(Path(video), folders[video], classes, planned[video][1],
+                                     not args.no_video)
+        if row["error"]:
+            failures.append({"video": video, "error": row["error"]})
+            current.abandon()
+            broken.add(video)
+            current = None
+            continue
+        current.add(int(row["frame"]), row["shares"], row["overlay"])
+    if current is not None:
+        results[str(current.video)] = current.finish(time.perf_counter() - started)
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fleet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders or quoted globs")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--model", default=str(engines.DEFAULT_MODEL))
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--address", default=None,
+                        help="join a running Ray cluster (auto, or ray://HOST:10001); default: a "
+                             "local Ray inside this process")
+    parser.add_argument("--actors", type=int, default=2, help="inference actors (one engine each)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per actor")
+    parser.add_argument("--gpus-per-actor", type=float, default=0, help="1 on a GPU cluster")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
+    parser.add_argument("--chunk", type=int, default=300, help="frames per decode range")
+    parser.add_argument("--batch", type=int, default=16, help="frames per actor call")
+    parser.add_argument("--classes", default="drivable,objects", help="what the overlay shows")
+    parser.add_argument("--no-video", action="store_true", help="skip the overlaid videos")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.actors < 1 or args.chunk < 1 or args.batch < 1 or args.threads < 1:
+        parser.error("--actors, --chunk, --batch and --threads must be at least 1")
+    return args

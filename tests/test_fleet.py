@@ -1,0 +1,78 @@
+"""The fleet job on a local Ray with 2 CPUs: real videos, one corrupt file, real engines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import engines
+from helpers import REPO, contract_model, write_video
+
+pq = pytest.importorskip("pyarrow.parquet", reason="the fleet extra is not installed")
+pytest.importorskip("ray", reason="the fleet extra (ray[data]) is not installed")
+
+
+def run_fleet(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fleet", *args, "--num-cpus", "2", "--quiet"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def shares_from_engine(model, video, classes: int) -> np.ndarray:
+    """Per-frame class shares the way the live app computes labels: OpenCV decode, bilinear
+    resize to the input, infer at batch 1."""
+    rows = []
+    capture = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+    with engines.load(model) as engine:
+        height, width = engine.info.input_size
+        while True:
+            ok, image = capture.read()
+            if not ok:
+                break
+            labels = engine.infer(cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)[None])[0]
+            rows.append(np.bincount(labels.ravel(), minlength=classes)[:classes] / labels.size)
+    return np.array(rows)
+
+
+def test_three_videos_one_corrupt_then_a_rerun_does_nothing(tmp_path):
+    model = contract_model(tmp_path / "tiny.onnx", size=(96, 128))
+    inputs = tmp_path / "archive"
+    inputs.mkdir()
+    lengths = {"a": 45, "b": 70, "c": 25}
+    for name, frames in lengths.items():
+        write_video(inputs / f"{name}.mp4", frames, size=(256, 192))
+    (inputs / "broken.mp4").write_bytes(b"\x00" * 4096)
+    out = tmp_path / "out"
+    result = run_fleet(str(inputs), "--out", str(out), "--model", str(model), "--chunk", "20",
+                       "--actors", "2", "--batch", "8")
+    assert result.returncode == 1, result.stderr  # one failure recorded, the rest finished
+    job = json.loads((out / "job.json").read_text())
+    assert job["done"] == 3 and job["frames"] == sum(lengths.values())
+    assert [f["video"].endswith("broken.mp4") for f in job["failures"]] == [True]
+    classes = len(engines.load(model).info.classes)
+    for name, frames in lengths.items():
+        folder = out / name
+        assert json.loads((folder / "summary.json").read_text())["frames"] == frames
+        table = pq.read_table(folder / "frames.parquet").to_pandas()
+        assert list(table["frame"]) == list(range(frames))  # every frame, in order
+        assert np.allclose(table["timestamp"], np.arange(frames) / 30.0)
+        shares = table[[c for c in table.columns if c.startswith("share_")]].to_numpy()
+        expected = shares_from_engine(model, inputs / f"{name}.mp4", classes)
+        assert np.allclose(shares, expected, atol=1e-6)  # the same labels as the single process
+        assert {"drivable_share", "has_Car", "has_Pedestrian"} <= set(table.columns)
+        with __import__("av").open(str(folder / "overlay.mp4")) as container:
+            assert sum(1 for _ in container.decode(video=0)) == frames
+        assert not list(folder.glob(".*partial*"))
+    again = run_fleet(str(inputs), "--out", str(out), "--model", str(model))
+    rerun = json.loads((out / "job.json").read_text())
+    assert rerun["done"] == 0 and len(rerun["skipped"]) == 3 and rerun["frames"] == 0, again.stderr
+
+
+def test_no_videos_is_one_error_line(tmp_path):
+    result = run_fleet(str(tmp_path), "--out", str(tmp_path / "o"))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
