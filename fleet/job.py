@@ -46,10 +46,53 @@ DECODE_CPUS = 0.5  # a decode task is lighter than inference
 PRESENT_SHARE = 0.0005  # an object class counts as present above 0.05 % of the frame
 
 
-def list_videos(inputs: list[str]) -> list[Path]:
-    """Video files named directly, found in folders (recursively) or matched by globs."""
-    found: list[Path] = []
+def is_url(spec: str) -> bool:
+    return "://" in spec
+
+
+def list_remote(spec: str) -> list[str]:
+    """Videos behind an fsspec URL (s3://, gs://, https://, file://...): a file, a folder
+    (recursively) or a glob, as URLs of the same protocol."""
+    import fsspec
+
+    fs, _, paths = fsspec.get_fs_token_paths(spec)
+    found = []
+    for path in paths:
+        names = fs.find(path) if fs.isdir(path) else [path]
+        found += [fs.unstrip_protocol(name) for name in names if Path(name).suffix.lower() in VIDEO_SUFFIXES]
+    return sorted(found)
+
+
+def local_copy(video: str) -> str:
+    """A path OpenCV can open: the video itself, or for a URL a copy fetched once per machine
+    into the temp folder (written to a temporary name, then renamed)."""
+    if not is_url(video):
+        return video
+    import hashlib
+    import tempfile
+
+    import fsspec
+
+    folder = Path(tempfile.gettempdir()) / "roadseg-fleet"
+    folder.mkdir(exist_ok=True)
+    target = folder / f"{hashlib.sha1(video.encode()).hexdigest()[:16]}{Path(video).suffix}"
+    if not target.exists():
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        with fsspec.open(video, "rb") as remote, open(partial, "wb") as local:
+            for chunk in iter(lambda: remote.read(1 << 20), b""):
+                local.write(chunk)
+        os.replace(partial, target)
+    return str(target)
+
+
+def list_videos(inputs: list[str]) -> list[Path | str]:
+    """Video files named directly, found in folders (recursively) or matched by globs; fsspec
+    URLs where the matching filesystem is installed."""
+    found: list[Path | str] = []
     for spec in inputs:
+        if is_url(spec):
+            found += list_remote(spec)
+            continue
         path = Path(spec)
         if path.is_dir():
             found += sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
@@ -58,23 +101,26 @@ def list_videos(inputs: list[str]) -> list[Path]:
                             if Path(p).suffix.lower() in VIDEO_SUFFIXES)
         else:
             found.append(path)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
+    return list(dict.fromkeys(p if isinstance(p, str) else p.resolve() for p in found))
 
 
-def output_dirs(out: Path, videos: list[Path]) -> dict[Path, Path]:
+def output_dirs(out: Path, videos: list[Path | str]) -> dict[str, Path]:
     """OUT/<stem> per video; stems that occur twice get a short hash of the path."""
     import hashlib
 
-    stems = [v.stem for v in videos]
-    return {video: out / (video.stem if stems.count(video.stem) == 1 else
-                          f"{video.stem}-{hashlib.sha1(str(video).encode()).hexdigest()[:8]}")
-            for video in videos}
+    stems = [Path(str(v)).stem for v in videos]
+    return {str(video): out / (stem if stems.count(stem) == 1 else
+                               f"{stem}-{hashlib.sha1(str(video).encode()).hexdigest()[:8]}")
+            for video, stem in zip(videos, stems, strict=True)}
 
 
-def probe(video: Path) -> tuple[int, float]:
+def probe(video: Path | str) -> tuple[int, float]:
     """(frame count, fps) of a readable video; ValueError naming the problem otherwise."""
-    capture = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+    try:
+        path = local_copy(str(video))
+    except OSError as error:
+        raise ValueError(f"cannot be fetched ({error})") from None
+    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
     try:
         if not capture.isOpened():
             raise ValueError("not a readable video (cannot be opened)")
@@ -97,7 +143,7 @@ def decode_range(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Ray task body: the frames [start, stop) of one video, as rows; an error row (frame -1)
     when the file breaks part-way, so one bad video never fails the job."""
     quiet_opencv()
-    capture = cv2.VideoCapture(item["video"], cv2.CAP_FFMPEG)
+    capture = cv2.VideoCapture(local_copy(item["video"]), cv2.CAP_FFMPEG)
     try:
         if item["start"]:
             capture.set(cv2.CAP_PROP_POS_FRAMES, item["start"])
@@ -150,7 +196,7 @@ class VideoWriterSet:
     """The driver's per-video outputs: rows for the Parquet table, the overlay video, all
     written to temporary names and renamed when the video is complete."""
 
-    def __init__(self, video: Path, folder: Path, classes: list, fps: float, with_video: bool):
+    def __init__(self, video: str, folder: Path, classes: list, fps: float, with_video: bool):
         self.video, self.folder, self.classes = video, folder, classes
         folder.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
@@ -229,7 +275,7 @@ def main(args: argparse.Namespace) -> int:
     failures, skipped, items, planned = [], [], [], {}
     folders = output_dirs(args.out, videos)
     for video in videos:
-        if (folders[video] / "summary.json").exists():
+        if (folders[str(video)] / "summary.json").exists():
             skipped.append(str(video))
             continue
         try:
@@ -262,8 +308,7 @@ def main(args: argparse.Namespace) -> int:
                                                        "threads": args.threads, "video": not args.no_video,
                                                        "classes": args.classes},
                                 compute=ray.data.ActorPoolStrategy(size=args.actors), **per_actor))
-        results = write_outputs(dataset, planned, classes, args, failures,
-                                {str(v): f for v, f in folders.items()})
+        results = write_outputs(dataset, planned, classes, args, failures, folders)
         ray.shutdown()
     seconds = time.perf_counter() - started
     frames_done = sum(r["frames"] for r in results.values())
@@ -295,7 +340,7 @@ def write_outputs(dataset: Any, planned: dict[str, tuple[int, float]], classes: 
             if current is not None:
                 results[str(current.video)] = current.finish(time.perf_counter() - started)
             started = time.perf_counter()
-            current = VideoWriterSet(Path(video), folders[video], classes, planned[video][1],
+            current = VideoWriterSet(video, folders[video], classes, planned[video][1],
                                      not args.no_video)
         if row["error"]:
             failures.append({"video": video, "error": row["error"]})
@@ -312,7 +357,9 @@ def write_outputs(dataset: Any, planned: dict[str, tuple[int, float]], classes: 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fleet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders or quoted globs")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="video files, folders or quoted globs; or fsspec URLs (s3://, gs://, "
+                             "https://, file://) where that filesystem is installed")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--model", default=str(engines.DEFAULT_MODEL))
     parser.add_argument("--backend", default="auto")

@@ -76,3 +76,19 @@ def test_no_videos_is_one_error_line(tmp_path):
     result = run_fleet(str(tmp_path), "--out", str(tmp_path / "o"))
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1, result.stderr
+
+
+def test_fsspec_urls_are_read(tmp_path):
+    model = contract_model(tmp_path / "tiny.onnx", size=(96, 128))
+    (tmp_path / "remote").mkdir()
+    write_video(tmp_path / "remote" / "clip.mp4", 20, size=(256, 192))
+    out = tmp_path / "out"
+    result = run_fleet(f"file://{tmp_path}/remote/*.mp4", "--out", str(out), "--model", str(model),
+                       "--no-video")
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(out / "clip" / "frames.parquet").to_pandas()
+    assert list(table["frame"]) == list(range(20)) and table["video"][0].startswith("file://")
+    classes = len(engines.load(model).info.classes)
+    shares = table[[c for c in table.columns if c.startswith("share_")]].to_numpy()
+    assert np.allclose(shares, shares_from_engine(model, tmp_path / "remote" / "clip.mp4", classes), atol=1e-6)
+    assert not (out / "clip" / "overlay.mp4").exists()
