@@ -29,6 +29,7 @@ class EngineInfo:
     max_batch: int | None = None  # None: any batch size
     device: str = "cpu"
     details: dict = field(default_factory=dict)  # backend-specific facts for logs and reports
+    resize: str = "stretch"  # how frames fit the input: "stretch" or "letterbox" (engines.frame_fit)
 
     @property
     def input_size(self) -> tuple[int, int]:

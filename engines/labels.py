@@ -145,9 +145,9 @@ def check_input_section(section: Any, source: str) -> None:
         raise LabelsError(f"{source}: unknown input keys {sorted(unknown)}; use {sorted(INPUT_KEYS)}")
     if section.get("color", "rgb") not in ("rgb", "bgr"):
         raise LabelsError(f"{source}: input color must be \"rgb\" or \"bgr\"")
-    if section.get("resize", "stretch") != "stretch":
-        raise LabelsError(f"{source}: input resize {section['resize']!r} is not supported; frames are "
-                          "resized to the input size without keeping the aspect (\"stretch\")")
+    if section.get("resize", "stretch") not in ("stretch", "letterbox"):
+        raise LabelsError(f"{source}: input resize {section['resize']!r}: use \"stretch\" (resize to "
+                          "the input size) or \"letterbox\" (keep the aspect, pad with grey)")
     for key in ("mean", "std"):
         if key in section and (not isinstance(section[key], list) or len(section[key]) != 3):
             raise LabelsError(f"{source}: input {key} must be three numbers")

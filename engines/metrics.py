@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from engines.base import Engine
+from engines.frame_fit import content_labels, to_input
 from engines.labels import CAMVID_CLASSES, CAMVID_VOID
 
 
@@ -113,10 +114,10 @@ def evaluate_engine(engine: Engine, images: np.ndarray, labels: np.ndarray,
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         if batch.shape[1:3] != (height, width):
-            batch = np.stack([cv2.resize(im, (width, height), interpolation=cv2.INTER_LINEAR)
-                              for im in batch])
+            batch = np.stack([to_input(im, (height, width), engine.info.resize) for im in batch])
         predictions = engine.infer(batch)
         for prediction, truth in zip(predictions, labels[start:start + batch_size], strict=True):
+            prediction = content_labels(prediction, images.shape[1:3], (height, width), engine.info.resize)
             if prediction.shape != truth.shape:
                 prediction = cv2.resize(prediction.astype(np.uint8), truth.shape[::-1],
                                         interpolation=cv2.INTER_NEAREST)

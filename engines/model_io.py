@@ -10,7 +10,7 @@ A multi-head model (drivable area + lane lines: YOLOP, TwinLiteNet, HybridNets) 
 named in the labels file's "outputs"; their class maps are merged into one, later heads
 painting over earlier ones where they predict something other than their background. The
 labels file's "input" section states the export's conventions: color (rgb/bgr), scale (the
-divisor to 0..1, 255), mean and std (on the 0..1 scale).
+divisor to 0..1, 255), mean and std (on the 0..1 scale), resize (stretch or letterbox).
 
 Each runtime describes its tensors as (name, shape, numpy dtype) with None for a dynamic axis,
 and `ModelIO.inspect` does the rest, so the two backends check models the same way.
@@ -57,6 +57,7 @@ class ModelIO:
     head_maps: tuple[np.ndarray, ...] = ()  # per head: its class id → merged id (-1: keep)
     swap_rb: bool = True  # the float input wants RGB
     scale: float = 255.0
+    resize: str = "stretch"  # engines.frame_fit mode the export expects
 
     @classmethod
     def inspect(cls, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
@@ -87,7 +88,8 @@ class ModelIO:
         std = np.asarray(declared.get("std", (0.229, 0.224, 0.225)), np.float32).reshape(1, 3, 1, 1)
         return cls(layout, kinds[0], _input_size(image, layout, labels, metadata), classes,
                    image.shape[0], mean, std, tuple(spec.name for spec in chosen), kinds, maps,
-                   declared.get("color", "rgb") == "rgb", float(declared.get("scale", 255.0)))
+                   declared.get("color", "rgb") == "rgb", float(declared.get("scale", 255.0)),
+                   declared.get("resize", "stretch"))
 
     def prepare(self, images: np.ndarray) -> np.ndarray:
         """uint8 BGR [N, H, W, 3] → what the model's input takes."""

@@ -66,7 +66,7 @@ class OnnxRuntimeEngine(ClosingEngine):
         self.info = EngineInfo(
             path=Path(path), backend="onnxruntime", precision=self.metadata.get("precision", "fp32"),
             input_height=height, input_width=width, classes=self.io.classes,
-            max_batch=self.io.max_batch, device="cpu",
+            max_batch=self.io.max_batch, device="cpu", resize=self.io.resize,
             details={"input_layout": self.io.input_layout, "output": self.io.output_kind,
                      "heads": list(self.io.output_names),
                      "providers": self.session.get_providers(),

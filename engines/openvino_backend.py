@@ -110,7 +110,7 @@ class OpenVinoEngine(ClosingEngine):
         self.info = EngineInfo(
             path=Path(path), backend="openvino", precision="int8" if quantized else precision,
             input_height=height, input_width=width, classes=self.io.classes,
-            max_batch=self.io.max_batch, device="cpu",
+            max_batch=self.io.max_batch, device="cpu", resize=self.io.resize,
             details={"input_layout": self.io.input_layout, "output": self.io.output_kind,
                      "openvino": ov.__version__, "streams": max(1, streams),
                      "compile_seconds": round(compile_seconds, 3),

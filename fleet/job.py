@@ -38,6 +38,7 @@ import numpy as np
 
 import engines
 from engines.base import EngineError
+from engines.frame_fit import content_labels, to_input
 from realtime.render import Palette, overlay, parse_class_selection
 from realtime.sinks import SinkError, VideoSink
 
@@ -181,8 +182,9 @@ class Segmenter:
                 overlays.append(np.zeros((1, 1, 3), np.uint8))
                 continue
             # The app's steps: resize to the input (bilinear), infer at batch 1.
-            model_input = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-            labels = self.engine.infer(model_input[None])[0]
+            info = self.engine.info
+            labels = self.engine.infer(to_input(image, (height, width), info.resize)[None])[0]
+            labels = content_labels(labels, image.shape[:2], info.input_size, info.resize)
             counts = np.bincount(labels.ravel(), minlength=len(self.classes))[:len(self.classes)]
             shares.append((counts / labels.size).astype(np.float32))
             overlays.append(overlay(image, labels, self.palette) if self.video else np.zeros((1, 1, 3), np.uint8))

@@ -37,6 +37,7 @@ import numpy as np
 
 import engines
 from engines.base import Engine
+from engines.frame_fit import content_labels, to_input
 from realtime.render import Palette, overlay, parse_class_selection
 from realtime.sources import Source, open_source
 from realtime.telemetry import CPU_STAGES
@@ -65,7 +66,7 @@ def read_frames(args: argparse.Namespace) -> list[np.ndarray]:
 def bench_engine(engine: Engine, frames: list[np.ndarray], runs: int, warmup: int) -> dict[str, Any]:
     """Median and p95 of engine.infer on batch-1 frames at the engine's input size."""
     height, width = engine.info.input_size
-    inputs = [cv2.resize(f, (width, height))[None] for f in frames]
+    inputs = [to_input(f, (height, width), engine.info.resize)[None] for f in frames]
     for index in range(warmup):
         engine.infer(inputs[index % len(inputs)])
     times = []
@@ -96,7 +97,8 @@ def bench_naive(engine: Engine, args: argparse.Namespace, out: Path) -> dict[str
     writer = None
     count, started = 0, time.perf_counter()
     for frame in itertools.islice(source.frames(threading.Event()), args.frames):
-        labels = engine.infer(cv2.resize(frame, (width, height))[None])[0]
+        labels = engine.infer(to_input(frame, (height, width), engine.info.resize)[None])[0]
+        labels = content_labels(labels, frame.shape[:2], (height, width), engine.info.resize)
         image = overlay(frame, labels, palette, 0.5, True)
         if writer is None:
             writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), source.fps,

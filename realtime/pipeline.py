@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 
 from engines.base import Engine, EngineError
+from engines.frame_fit import content_labels, to_input
 from realtime.render import Palette, draw_hud, make_legend, overlay, paste_legend
 from realtime.sinks import Sink, SinkError, Window
 from realtime.sources import Source, SourceError, wait_until
@@ -220,7 +220,7 @@ class Pipeline:
             captured_at = time.perf_counter()
             # Resize to the engine's input here, so the inference thread only feeds the engine.
             with resize:
-                model_input = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+                model_input = to_input(image, (height, width), self.engine.info.resize)
             packet = Packet(index, captured_at, image, model_input[None], self.dropped,
                             self.source.stats.corrupt, meter.tick(captured_at),
                             {"decode": decode.ms, "resize": resize.ms,
@@ -306,7 +306,9 @@ class Pipeline:
         render, write = StageTimer(), StageTimer()
         # Overlay at the frame's own resolution, then the telemetry text and the legend.
         with render:
-            frame = overlay(packet.image, packet.labels, self.palette, self.options.alpha,
+            labels = content_labels(packet.labels, packet.image.shape[:2], self.engine.info.input_size,
+                                    self.engine.info.resize)
+            frame = overlay(packet.image, labels, self.palette, self.options.alpha,
                             self.options.outline)
             if self.options.hud:
                 draw_hud(frame, [

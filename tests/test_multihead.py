@@ -88,7 +88,7 @@ def test_labels_naming_an_output_the_model_lacks(tmp_path):
     assert "'lane_lines'" in errors[0] and "'lanes'" in errors[0]
 
 
-@pytest.mark.parametrize("section,fragment", [({"color": "yuv"}, "rgb"), ({"resize": "letterbox"}, "stretch"),
+@pytest.mark.parametrize("section,fragment", [({"color": "yuv"}, "rgb"), ({"resize": "crop"}, "letterbox"),
                                               ({"scale": 0}, "scale"), ({"gamma": 2}, "unknown")])
 def test_bad_input_conventions_are_refused(tmp_path, section, fragment):
     path = tmp_path / "bad.json"

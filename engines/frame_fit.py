@@ -1,0 +1,49 @@
+"""Fitting frames to a model's input and its label maps back to the frames.
+
+Two modes, as exports declare them (labels file "input": {"resize": ...}):
+- "stretch" (the project's models, most segmentation exports): resize to the input size,
+  aspect ratio not kept;
+- "letterbox" (YOLO-family exports such as YOLOP): scale to fit, keep the aspect ratio, pad
+  the rest with grey (114) centred; the padding is cut off the labels before they are scaled
+  back to the frame.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+RESIZE_MODES = ("stretch", "letterbox")
+PAD_VALUE = 114
+
+
+def letterbox_box(frame_size: tuple[int, int], input_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the frame's content inside the letterboxed input."""
+    frame_h, frame_w = frame_size
+    input_h, input_w = input_size
+    scale = min(input_w / frame_w, input_h / frame_h)
+    height, width = max(1, round(frame_h * scale)), max(1, round(frame_w * scale))
+    return (input_h - height) // 2, (input_w - width) // 2, height, width
+
+
+def to_input(image: np.ndarray, input_size: tuple[int, int], mode: str = "stretch") -> np.ndarray:
+    """uint8 BGR frame → uint8 BGR at the model's (height, width)."""
+    input_h, input_w = input_size
+    if mode == "stretch":
+        return cv2.resize(image, (input_w, input_h), interpolation=cv2.INTER_LINEAR)
+    top, left, height, width = letterbox_box(image.shape[:2], input_size)
+    fitted = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return cv2.copyMakeBorder(fitted, top, input_h - height - top, left, input_w - width - left,
+                              cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+
+
+def content_labels(labels: np.ndarray, frame_size: tuple[int, int], input_size: tuple[int, int],
+                   mode: str = "stretch") -> np.ndarray:
+    """The part of a label map that covers the frame (all of it, unless letterboxed); the map
+    may be coarser than the input, the box is scaled to it."""
+    if mode == "stretch":
+        return labels
+    top, left, height, width = letterbox_box(frame_size, input_size)
+    scale_y, scale_x = labels.shape[0] / input_size[0], labels.shape[1] / input_size[1]
+    y0, x0 = int(top * scale_y), int(left * scale_x)
+    return labels[y0:y0 + max(1, round(height * scale_y)), x0:x0 + max(1, round(width * scale_x))]
