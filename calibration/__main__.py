@@ -13,9 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
+import onnx
+
 from calibration.report import accuracy_report, format_report
 from engines.base import EngineError
-from engines.contract import read_contract
+from engines.contract import read_contract, record_accuracy
 from engines.frames import sample_frames
 from engines.lowering import ACTIVATION_FORMS, CALIBRATION_METHODS, lower_precision
 
@@ -39,6 +41,15 @@ def main(args: argparse.Namespace) -> int:
         report = accuracy_report(args.onnx, {args.precision: out}, args.report, args.split,
                                  args.limit, tuple(args.runtimes))
         print(format_report(report))
+        # The lowered model carries its own accuracy cost (read by --backend auto).
+        lowered = onnx.load(str(out))
+        record_accuracy(lowered, {
+            "split": f"CamVid {report['split']}", "frames": report["frames"],
+            "reference": "ONNX Runtime fp32",
+            "delta_miou_points": {row["runtime"]: round(row["delta_miou_points"], 3)
+                                  for row in report["results"].values()
+                                  if row["precision"] == args.precision}})
+        onnx.save(lowered, str(out))
         if args.report_json:
             args.report_json.write_text(json.dumps(report, indent=2))
     return 0

@@ -14,7 +14,7 @@ from engines.base import Backend, Engine, EngineError, EngineInfo
 from engines.labels import LabelsError, load_labels_file
 
 __all__ = ["Engine", "EngineError", "EngineInfo", "Backend", "BACKENDS", "DEFAULT_MODEL", "load",
-           "backend_for", "backend_spec", "choose_backend", "resolve_model", "shipped_models"]
+           "backend_for", "backend_spec", "choose", "choose_backend", "resolve_model", "shipped_models"]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "roadseg.onnx"
@@ -31,7 +31,7 @@ def resolve_model(path: str | Path) -> Path:
     if path.is_file():
         return path
     shipped = MODELS_DIR / f"{path.name}.onnx"
-    if path.parent == Path(".") and not path.suffix and shipped.is_file():
+    if path.parent == Path(".") and shipped.is_file():  # "roadseg-small", "roadseg.int8"
         return shipped
     if path == DEFAULT_MODEL:
         hint = "train and export it (README, 'Default model')"
@@ -57,6 +57,19 @@ def backend_spec(name: str) -> Backend:
     if name not in BACKENDS:
         raise EngineError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
     return BACKENDS[name]
+
+
+def choose(path: Path) -> tuple[str, Path, str]:
+    """What --backend auto opens for this file: (backend, file, why). A backend that also
+    opens the file type may first offer a faster stand-in (an INT8 sibling within budget)."""
+    suffix = Path(path).suffix.lower()
+    name, reason = choose_backend(path)
+    for spec in BACKENDS.values():
+        if suffix in spec.also_opens and spec.variant is not None:
+            offered = spec.variant(Path(path))
+            if offered:
+                return spec.name, offered[0], offered[1]
+    return name, Path(path), reason
 
 
 def choose_backend(path: Path) -> tuple[str, str]:

@@ -90,6 +90,9 @@ class Backend:
     # auto instead of the suffix's default backend: returns the reason, or None.
     also_opens: tuple[str, ...] = ()
     prefers: Callable[[Path], str | None] | None = None
+    # A faster file standing in for the asked one under --backend auto (an INT8 sibling
+    # within its accuracy budget): returns (path, reason), or None.
+    variant: Callable[[Path], tuple[Path, str] | None] | None = None
 
     def accepts(self, path: Path) -> bool:
         return Path(path).suffix.lower() in self.suffixes

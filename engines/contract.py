@@ -99,3 +99,22 @@ def read_contract(onnx_path: Path) -> tuple[tuple[int, int], list[dict]]:
         raise EngineError(f"{onnx_path}: lowering and engine builds need the project's contract input "
                           "uint8 [N, H, W, 3] with static H and W (export with training.export)")
     return (dims[1].dim_value, dims[2].dim_value), read_metadata(model).get("classes", [])
+
+
+INT8_BUDGET_POINTS = 0.5  # mIoU points an INT8 variant may lose and still stand in for FP32
+
+
+def record_accuracy(model: onnx.ModelProto, accuracy: dict[str, Any]) -> None:
+    """Record what a lowered model costs in accuracy (from the calibration report) in its
+    metadata, so that a runtime can decide whether it may stand in for the FP32 model."""
+    meta = read_metadata(model)
+    meta.setdefault("lowering", {})["accuracy"] = accuracy
+    write_metadata(model, meta)
+
+
+def accuracy_within_budget(meta: dict[str, Any], runtime: str,
+                           budget: float = INT8_BUDGET_POINTS) -> float | None:
+    """The recorded mIoU change (points) of a lowered model on `runtime` when its loss is
+    within budget, else None (also when nothing was recorded)."""
+    delta = meta.get("lowering", {}).get("accuracy", {}).get("delta_miou_points", {}).get(runtime)
+    return delta if delta is not None and -delta <= budget else None

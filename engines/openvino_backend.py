@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import Backend, ClosingEngine, EngineError, EngineInfo
-from engines.contract import METADATA_KEY, parse_metadata
+from engines.contract import INT8_BUDGET_POINTS, METADATA_KEY, accuracy_within_budget, parse_metadata
 from engines.model_io import ModelIO, TensorSpec
 
 PRECISIONS = ("fp32", "bf16")
@@ -171,9 +171,38 @@ def prefers(path: Path) -> str | None:
     return None
 
 
+def int8_variant(path: Path, has_bf16: bool) -> tuple[Path, str] | None:
+    """On a CPU without bf16, the model's INT8 sibling (X.int8.onnx, Q/DQ) when its recorded
+    accuracy cost on OpenVINO is within INT8_BUDGET_POINTS: there INT8 is the fastest form
+    (bf16, where the CPU has it, is as fast and loses nothing, so it wins)."""
+    sibling = Path(path).with_name(f"{Path(path).stem}.int8.onnx")
+    if has_bf16 or not sibling.is_file() or not available():
+        return None
+    import openvino as ov
+
+    try:
+        delta = accuracy_within_budget(model_metadata(read_model(ov.Core(), sibling)), "openvino")
+    except EngineError:
+        return None
+    if delta is None:
+        return None
+    return sibling, (f"no bf16 on this CPU; the INT8 model {sibling.name} loses {-delta:.2f} mIoU "
+                     f"points (within {INT8_BUDGET_POINTS})")
+
+
+def variant(path: Path) -> tuple[Path, str] | None:
+    """The faster stand-in for this .onnx that --backend auto should open, if any."""
+    if not available():
+        return None
+    import openvino as ov
+
+    return int8_variant(path, cpu_has_bf16(ov.Core()))
+
+
 BACKEND = Backend(
     name="openvino", suffixes=(".xml",), precisions=PRECISIONS, parallel_calls=True,
     options=("threads", "precision", "streams"), open=open_engine,
     precision_hint="OpenVINO runs fp32 or bf16 and runs a Q/DQ model as INT8; make one with "
                    "python -m calibration --precision {precision}, or add --backend tensorrt",
-    install="pip install -e \".[openvino]\"", also_opens=(".onnx",), prefers=prefers)
+    install="pip install -e \".[openvino]\"", also_opens=(".onnx",), prefers=prefers,
+    variant=variant)

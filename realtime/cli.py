@@ -201,8 +201,12 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
     opened: list = [source]  # closed again if a later step refuses the input
     try:
         args.model = engines.resolve_model(args.model)
-        name, args.backend_reason = (engines.choose_backend(args.model) if args.backend == "auto"
-                                     else (args.backend, "--backend"))
+        if args.backend == "auto" and args.precision == "auto":
+            name, args.model, args.backend_reason = engines.choose(args.model)
+        elif args.backend == "auto":
+            name, args.backend_reason = engines.choose_backend(args.model)
+        else:
+            name, args.backend_reason = args.backend, "--backend"
         backend = engines.backend_spec(name)
         if args.precision != "auto" and args.precision not in backend.precisions:
             raise EngineError(f"--precision {args.precision} with the {backend.name} backend: "

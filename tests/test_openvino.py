@@ -91,3 +91,24 @@ def test_unreadable_file_is_one_clear_error(tmp_path):
         engines.load(bad)
     with pytest.raises(engines.EngineError, match="fp32 or bf16"):
         engines.load(engines.DEFAULT_MODEL, "openvino", precision="int8")
+
+
+def test_int8_sibling_stands_in_only_without_bf16_and_within_budget(tmp_path):
+    import shutil
+
+    import onnx
+
+    from engines.contract import record_accuracy
+    from engines.openvino_backend import int8_variant
+
+    shipped = engines.MODELS_DIR / "roadseg.int8.onnx"
+    found = int8_variant(engines.DEFAULT_MODEL, has_bf16=False)
+    assert found is not None and found[0] == shipped and "within 0.5" in found[1]
+    assert int8_variant(engines.DEFAULT_MODEL, has_bf16=True) is None  # bf16: as fast, lossless
+    # A sibling whose recorded loss is over budget is not used.
+    shutil.copy(engines.DEFAULT_MODEL, tmp_path / "m.onnx")
+    lossy = onnx.load(str(shipped))
+    record_accuracy(lossy, {"delta_miou_points": {"openvino": -1.2}})
+    onnx.save(lossy, str(tmp_path / "m.int8.onnx"))
+    assert int8_variant(tmp_path / "m.onnx", has_bf16=False) is None
+    assert int8_variant(tmp_path / "nothing.onnx", has_bf16=False) is None
