@@ -24,5 +24,6 @@ def test_bench_writes_json_table_and_chart(assets, tmp_path):
     assert set(row["pipeline_stages_ms"]) >= {"decode", "infer", "render", "write", "latency"}
     assert set(row["pipeline_stage_cpu_ms"]) == {"decode_cpu", "resize_cpu", "render_cpu", "write_cpu"}
     assert row["cpu_ms_per_frame"] > row["engine_1thread_ms"] > 0 and 0 < row["pipeline_vs_bound"]
+    assert row["pipeline_process_cpu_ms_per_frame"] > 0 and 0 < row["pipeline_cpu_utilisation"]
     assert out.with_suffix(".md").read_text().startswith("| model |")
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"

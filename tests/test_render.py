@@ -98,3 +98,20 @@ def test_dark_swatches_are_framed():
     dark = [ClassInfo(0, "shadow", (0, 0, 0), "object")]
     legend = make_legend(dark, Palette.build(dark, [0]), [0], (720, 1280))
     assert (legend == 200).all(axis=2).any()  # the light frame around the black swatch
+
+
+def test_overlay_equals_colouring_at_full_resolution():
+    import cv2
+
+    from engines.labels import ROADSEG_CLASSES
+    from realtime.render import colorize
+
+    palette = Palette.build(ROADSEG_CLASSES, parse_class_selection("all", ROADSEG_CLASSES))
+    rng = np.random.default_rng(1)
+    for frame_shape, label_shape in (((540, 960), (360, 480)), ((361, 641), (360, 480)), ((90, 160), (90, 160))):
+        frame = rng.integers(0, 255, (*frame_shape, 3), dtype=np.uint8)
+        labels = rng.integers(0, 12, label_shape, dtype=np.uint8)
+        full = upsample_labels(labels, *frame_shape)
+        expected = frame.copy()
+        cv2.copyTo(cv2.addWeighted(frame, 0.5, colorize(full, palette), 0.5, 0), cv2.LUT(full, palette.shown), expected)
+        assert np.array_equal(overlay(frame, labels, palette, outline=False), expected)
