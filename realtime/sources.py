@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -338,19 +338,24 @@ def open_source(video: str | None = None, camera: str | None = None, images: str
     if len(given) != 1:
         raise SourceError("give exactly one input: INPUT (a camera index, device, file, folder, "
                           "glob or URL), --video FILE, --camera INDEX or --images GLOB")
-    if spec is not None:
+    if spec is None:
+        explicit = {"video": video, "images": images, "camera": camera}
+        kind, spec = next((name, str(value)) for name, value in explicit.items() if value is not None)
+        if kind == "camera" and spec.startswith(STREAM_SCHEMES):
+            kind = "stream"
+    else:
         kind = source_kind(spec)
-        video, camera, images = (spec if kind == "video" else None,
-                                 spec if kind in ("camera", "stream") else None,
-                                 spec if kind == "images" else None)
-    if video is not None:
-        return VideoSource(video, loop=loop)
-    if images is not None:
-        return ImageSource(images, loop=loop, fps=fps or 30.0)
-    if str(camera).startswith(STREAM_SCHEMES):
-        return StreamSource(str(camera), timeout=timeout)
-    width, height = camera_size or (None, None)
-    return CameraSource(camera, width, height)
+    options = {"loop": loop, "fps": fps, "camera_size": camera_size, "timeout": timeout}
+    return SOURCES[kind](spec, **options)
+
+
+# The registry: kind of input → how to open it (source_kind names the kind of a spec).
+SOURCES: dict[str, Callable[..., Source]] = {
+    "video": lambda spec, loop, **_: VideoSource(spec, loop=loop),
+    "images": lambda spec, loop, fps, **_: ImageSource(spec, loop=loop, fps=fps or 30.0),
+    "stream": lambda spec, timeout, **_: StreamSource(spec, timeout=timeout),
+    "camera": lambda spec, camera_size, **_: CameraSource(spec, *(camera_size or (None, None))),
+}
 
 
 def wait_until(deadline: float, stop: threading.Event) -> None:
