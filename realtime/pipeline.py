@@ -1,4 +1,5 @@
-"""The live pipeline: capture thread → inference thread → render thread (→ window on main).
+"""The live pipeline: capture thread → inference thread(s) → render thread → output thread
+(→ window on main).
 
 Threading rules (../shared/DESIGN.md):
 - live pacing hands frames over through a one-slot mailbox: the newest frame replaces an
@@ -127,10 +128,8 @@ class Packet:
 class RenderState:
     """What the render thread carries from frame to frame (owned by that thread alone)."""
 
-    display_meter: RateMeter = field(default_factory=RateMeter)
     infer_meter: RateMeter = field(default_factory=RateMeter)
     legend: np.ndarray | None = None
-    latency_ms: float = 0.0  # smoothed, for the HUD
 
 
 @dataclass
@@ -156,12 +155,16 @@ class Pipeline:
         self.sinks, self.window = list(sinks), window
         self.stop_event = threading.Event()
         self.ready = threading.Event()  # set once every inference thread has warmed up
-        self.finished = threading.Event()  # set by the render thread after the last frame
+        self.finished = threading.Event()  # set by the output thread after the last frame
         self.stop_reason: StopReason | None = None
         self.palette = Palette.build(engine.info.classes, options.shown_ids)
         self.max_class_id = max(c.id for c in engine.info.classes)
         self.frames_in = self.channel_in()
         self.results = BoundedChannel(2)
+        self.rendered = BoundedChannel(2)
+        # Written by the output thread alone, read by the render thread for the HUD (floats).
+        self.latency_ms = 0.0
+        self.display_fps = 0.0
         self.to_window = LatestSlot()
         self.recorder = RunRecorder()
         self.dropped = 0
@@ -293,7 +296,7 @@ class Pipeline:
             if packet is None:
                 continue
             if packet is END:
-                self.finished.set()
+                self.rendered.put(END, self.stop_event)
                 return
             state.infer_meter.tick()
             # Restore capture order, then render every frame that is next in line.
@@ -303,7 +306,7 @@ class Pipeline:
                 next_sequence += 1
 
     def _render_one(self, packet: Packet, state: RenderState) -> None:
-        render, write = StageTimer(), StageTimer()
+        render = StageTimer()
         # Overlay at the frame's own resolution, then the telemetry text and the legend.
         with render:
             labels = content_labels(packet.labels, packet.image.shape[:2], self.engine.info.input_size,
@@ -313,42 +316,56 @@ class Pipeline:
             if self.options.hud:
                 draw_hud(frame, [
                     f"capture {measured(packet.capture_fps)} FPS   display "
-                    f"{measured(state.display_meter.fps)} FPS",
+                    f"{measured(self.display_fps)} FPS",
                     f"infer {measured(state.infer_meter.fps)} FPS  {packet.timings['infer']:5.1f} ms",
-                    f"latency {measured(state.latency_ms)} ms   dropped {packet.dropped}",
+                    f"latency {measured(self.latency_ms)} ms   dropped {packet.dropped}",
                 ])
             if self.options.legend:
                 if state.legend is None:
                     state.legend = make_legend(self.engine.info.classes, self.palette,
                                                self.options.shown_ids, frame.shape[:2])
                 paste_legend(frame, state.legend)
-        # Write / show; latency ends when the frame has left the pipeline.
-        with write:
-            for sink in self.sinks:
-                sink.write_frame(frame, packet.source_name)
-            if self.window is not None:
-                self.to_window.put(frame, self.stop_event)
-        # Record the frame's timings.
-        latency = (time.perf_counter() - packet.captured_at) * 1000.0
-        packet.timings.update(render=render.ms, write=write.ms, latency=latency,
-                              render_cpu=render.cpu_ms, write_cpu=write.cpu_ms)
-        state.latency_ms = latency if state.latency_ms == 0 else state.latency_ms + 0.1 * (latency - state.latency_ms)
-        state.display_meter.tick()
-        self.recorder.add(packet.timings)
-        if self.sinks:
-            record = {"index": packet.index,
-                      "capture_time": round(packet.captured_at - self.recorder.started, 6),
-                      **{f"{k}_ms": round(v, 3) for k, v in packet.timings.items()},
-                      "dropped": packet.dropped, "corrupt": packet.corrupt}
-            for sink in self.sinks:
-                sink.write_record(record)
+        packet.timings.update(render=render.ms, render_cpu=render.cpu_ms)
+        # Hand over to the output thread, so encoding the video overlaps the next overlay.
+        self.rendered.put((packet, frame), self.stop_event)
+
+    def _output(self) -> None:
+        display_meter = RateMeter()
+        while not self.stop_event.is_set():
+            item = self.rendered.get(POLL_S)
+            if item is None:
+                continue
+            if item is END:
+                self.finished.set()
+                return
+            packet, frame = item
+            write = StageTimer()
+            # Write / show; latency ends when the frame has left the pipeline.
+            with write:
+                for sink in self.sinks:
+                    sink.write_frame(frame, packet.source_name)
+                if self.window is not None:
+                    self.to_window.put(frame, self.stop_event)
+            # Record the frame's timings (the HUD reads the smoothed latency and display rate).
+            latency = (time.perf_counter() - packet.captured_at) * 1000.0
+            packet.timings.update(write=write.ms, latency=latency, write_cpu=write.cpu_ms)
+            self.latency_ms = latency if self.latency_ms == 0 else self.latency_ms + 0.1 * (latency - self.latency_ms)
+            self.display_fps = display_meter.tick()
+            self.recorder.add(packet.timings)
+            if self.sinks:
+                record = {"index": packet.index,
+                          "capture_time": round(packet.captured_at - self.recorder.started, 6),
+                          **{f"{k}_ms": round(v, 3) for k, v in packet.timings.items()},
+                          "dropped": packet.dropped, "corrupt": packet.corrupt}
+                for sink in self.sinks:
+                    sink.write_record(record)
 
     # -- main thread ----------------------------------------------------------------------
     def run(self) -> dict:
         """Run to the end of input or until stop(); returns the summary, raises PipelineError."""
         stages = [("capture", self._capture)]
         stages += [("inference", self._infer)] * self.options.workers
-        stages += [("render", self._render)]
+        stages += [("render", self._render), ("output", self._output)]
         workers = [threading.Thread(target=self._guarded(name, body), name=name, daemon=True)
                    for name, body in stages]
         for worker in workers:

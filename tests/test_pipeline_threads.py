@@ -65,12 +65,12 @@ class FailingMetrics(MetricsSink):
 OPTIONS = dict(pace="all", shown_ids=[3, 8], warmup=2)
 
 
-@pytest.mark.parametrize("stage", ["capture", "inference", "render"])
+@pytest.mark.parametrize("stage", ["capture", "inference", "output"])
 def test_failure_in_any_stage_stops_the_run_with_a_playable_file(assets, tmp_path, stage):
     out = tmp_path / "out.mp4"
     source = FailingSource(assets["video"], 25) if stage == "capture" else VideoSource(assets["video"], loop=True)
     engine = FailingEngine(assets["tiny"], 25, warmup=2) if stage == "inference" else engines.load(assets["tiny"])
-    metrics = FailingMetrics(tmp_path / "m.jsonl", 25) if stage == "render" else None
+    metrics = FailingMetrics(tmp_path / "m.jsonl", 25) if stage == "output" else None
     sinks = [VideoSink(out, 30.0), *([metrics] if metrics else [])]
     pipeline = Pipeline(source, engine, PipelineOptions(**OPTIONS), sinks=sinks)
     started = time.monotonic()
