@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import json
 import logging
@@ -287,6 +288,10 @@ def run(args: argparse.Namespace) -> int:
     for sink in pipeline.sinks:
         if isinstance(sink, WebSink):  # always said: it is how a script finds a port-0 server
             print(f"serving the live view on {sink.url}", file=sys.stderr, flush=True)
+    # Everything loaded so far (runtimes, model, modules) lives for the whole run: moving it out
+    # of the collector's view keeps each full collection from walking it again and again.
+    gc.collect()
+    gc.freeze()
     previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop(StopReason.TERMINATED))
     try:
         summary = pipeline.run()
