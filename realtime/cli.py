@@ -11,7 +11,11 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 import engines
 from engines.base import EngineError
@@ -178,6 +182,31 @@ def check_display(show: bool | None) -> bool:
     return False
 
 
+# Decode, resize, overlay and H.264 cost about 18.5 CPU ms per megapixel of frame on the
+# benchmark machine (realtime.bench, 960x540: 1.3 + 0.45 + 4.25 + 3.6 ms).
+OTHER_STAGES_MS_PER_MEGAPIXEL = 18.5
+
+
+def engine_is_the_smaller_half(engine: Any, frame_size: tuple[int, int] | None) -> bool:
+    """Whether one single-thread call costs less CPU than the rest of a frame's stages.
+
+    Then a second inference thread only takes a core from decode, overlay and encode: OpenVINO
+    bf16 (6 ms a call) ran 960x540 at 115 FPS with one inference thread and 104 with two,
+    while ONNX Runtime FP32 (22 ms) needs both. Timed on a blank frame after a warm-up.
+    """
+    height, width = engine.info.input_size
+    blank = np.zeros((1, height, width, 3), np.uint8)
+    for _ in range(2):
+        engine.infer(blank)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        engine.infer(blank)
+        times.append((time.perf_counter() - started) * 1000)
+    frame_h, frame_w = frame_size or (height, width)
+    return float(np.median(times)) < OTHER_STAGES_MS_PER_MEGAPIXEL * frame_h * frame_w / 1e6
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write beside the target, then rename: a reader never sees half a file."""
     partial = path.with_name(f".{path.name}.partial")
@@ -218,6 +247,14 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         engine = engines.load(args.model, backend.name, args.labels, threads=threads, spin=False,
                               precision=args.precision, calib=args.calib, streams=workers)
         opened.append(engine)
+        if args.workers is None and workers > 1 and engine_is_the_smaller_half(engine, source.frame_size):
+            # Reopened for one caller: a model compiled for two streams runs slower with one.
+            workers = 1
+            engine.close()
+            opened.remove(engine)
+            engine = engines.load(args.model, backend.name, args.labels, threads=threads, spin=False,
+                                  precision=args.precision, calib=args.calib, streams=workers)
+            opened.append(engine)
         try:
             shown = parse_class_selection(args.classes, engine.info.classes)
         except ValueError as error:

@@ -42,6 +42,7 @@ class Source:
     live = False  # True for cameras: never paced, default --pace realtime
     name = "source"
     current_name: str | None = None  # file name of the frame last yielded (image inputs)
+    frame_size: tuple[int, int] | None = None  # (height, width) when known before the run
 
     def __init__(self) -> None:
         self.stats = SourceStats()
@@ -72,6 +73,8 @@ class VideoSource(Source):
         self.fps = fps if 1 <= fps <= 1000 else 30.0
         self.frame_count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         ok, self._first = self.capture.read()
+        if ok and self._first is not None:
+            self.frame_size = self._first.shape[:2]
         if not ok or self._first is None:
             raise SourceError(f"video {self.path} has no decodable frames (empty or damaged "
                               "file); re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
