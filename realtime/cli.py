@@ -160,10 +160,14 @@ def check_outputs(args: argparse.Namespace) -> None:
         if spec is None:
             continue
         path = Path(spec)
+        folder_form = flag == "--save" and (str(spec).endswith(("/", os.sep)) or path.is_dir())
+        if folder_form and any(p.parent == path.resolve() for p in reads):
+            raise SinkError(f"--save {spec} is the input folder; its PNGs would overwrite the input "
+                            "images. Choose another folder")
         if path.resolve() in reads:
             raise SinkError(f"{flag} {path} is the input file; writing it would destroy the input. "
                             "Choose another output name")
-        if not (flag == "--save" and (str(spec).endswith(("/", os.sep)) or path.is_dir())):
+        if not folder_form:
             check_writable(path, flag)
 
 

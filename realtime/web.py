@@ -77,7 +77,8 @@ class WebSink(Sink):
         self.records: collections.deque = collections.deque(maxlen=HISTORY)
         self.records_lock = threading.Lock()
         self.closed = threading.Event()
-        self.viewers = 0
+        self.viewers = 0  # changed by the viewer threads, under viewers_lock
+        self.viewers_lock = threading.Lock()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -137,7 +138,8 @@ class WebSink(Sink):
         handler.send_header("Cache-Control", "no-store")
         handler.end_headers()
         sent = 0
-        self.viewers += 1
+        with self.viewers_lock:
+            self.viewers += 1
         try:
             while not self.closed.is_set():
                 newest = self.latest.newer_than(sent, timeout=0.5)
@@ -149,7 +151,8 @@ class WebSink(Sink):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the viewer left
         finally:
-            self.viewers -= 1
+            with self.viewers_lock:
+                self.viewers -= 1
 
     def stats(self) -> dict[str, Any]:
         """Latest telemetry: FPS over the last second, stage medians, latency p50/p95."""

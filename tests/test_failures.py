@@ -77,6 +77,15 @@ def test_save_over_the_input_is_refused(assets, tmp_path):
     assert hashlib.sha256(video.read_bytes()).hexdigest() == digest
 
 
+def test_png_folder_over_the_input_folder_is_refused(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.zeros((32, 32, 3), np.uint8))
+    before = (folder / "a.png").read_bytes()
+    one_error(run_app(str(folder), "--headless", "--save", f"{folder}/"), "input folder")
+    assert (folder / "a.png").read_bytes() == before
+
+
 @pytest.mark.parametrize("flag,target", [("--metrics", "/proc/x.jsonl"),
                                          ("--summary-json", "missing/summary.json")])
 def test_unwritable_outputs_are_refused_before_the_first_frame(assets, tmp_path, flag, target):
