@@ -2,7 +2,7 @@
 
 if __name__ == "__main__":
     try:
-        from realtime.cli import main  # importing OpenCV and the runtimes takes a moment
+        from realtime.cli import entry  # importing OpenCV and the runtimes takes a moment
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    raise SystemExit(main())
+    entry()

@@ -1,3 +1,3 @@
-from realtime.cli import main
+from realtime.cli import entry
 
-raise SystemExit(main())
+entry()

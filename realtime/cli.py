@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -288,6 +289,20 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         for resource in opened:
             resource.close()
         raise
+
+
+def entry() -> None:
+    """The process entry point (run.py, python -m realtime, the roadseg script): main(), then
+    exit. A thread still blocked inside FFmpeg (a stream connect interrupted by Ctrl-C) would
+    crash the interpreter's teardown, so with one alive the process leaves at once, after
+    every output has been closed and the terminal flushed."""
+    status = main()
+    if any(thread.daemon and thread.is_alive() for thread in threading.enumerate()):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    raise SystemExit(status)
 
 
 def main(argv: list[str] | None = None) -> int:
