@@ -28,7 +28,7 @@ from engines.base import Engine, EngineError
 from engines.frame_fit import content_labels, to_input
 from realtime.render import Palette, draw_hud, make_legend, overlay, paste_legend
 from realtime.sinks import Sink, SinkError, Window
-from realtime.sources import Source, SourceError, wait_until
+from realtime.sources import Source, SourceError, block_signals, wait_until
 from realtime.telemetry import RateMeter, RunRecorder, StageTimer
 
 POLL_S = 0.05  # how often blocked threads look at the stop flag: bounds shutdown time
@@ -188,6 +188,7 @@ class Pipeline:
 
     def _guarded(self, stage: str, body: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
+            block_signals()  # signals are the main thread's
             try:
                 body()
             except BaseException as error:  # noqa: BLE001 - any failure must stop the others

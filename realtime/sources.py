@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -164,6 +165,14 @@ class CameraSource(Source):
         self.capture.release()
 
 
+def block_signals() -> None:
+    """Keep Ctrl-C and SIGTERM off the calling worker thread: the OS may deliver a signal to
+    any thread, and one landing inside FFmpeg's blocking I/O on a worker (EINTR while PyAV
+    runs Python callbacks) can crash the process; the main thread handles them."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://",
                   "srt://")
 
@@ -196,6 +205,7 @@ class StreamSource(Source):
         result: list = []
 
         def connect() -> None:
+            block_signals()
             try:
                 result.append(self._open())
             except Exception as error:  # noqa: BLE001 - re-raised on the caller's thread
