@@ -40,7 +40,7 @@ import engines
 from engines.base import EngineError
 from engines.frame_fit import content_labels, to_input
 from realtime.render import Palette, overlay, parse_class_selection
-from realtime.sinks import SinkError, VideoSink
+from realtime.sinks import SinkError, VideoSink, write_atomically
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts")
 DECODE_CPUS = 0.5  # a decode task is lighter than inference
@@ -249,9 +249,7 @@ class VideoWriterSet:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2))
-    os.replace(partial, path)
+    write_atomically(path, json.dumps(data, indent=2))
 
 
 def main(args: argparse.Namespace) -> int:

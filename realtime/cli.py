@@ -23,7 +23,7 @@ from engines.base import EngineError
 from realtime.pipeline import Pipeline, PipelineError, PipelineOptions, StopReason
 from realtime.render import parse_class_selection
 from realtime.sinks import (MetricsSink, SinkError, VideoSink, Window, check_writable,
-                            display_problem, open_sink)
+                            display_problem, is_folder_spec, open_sink, write_atomically)
 from realtime.web import WebSink
 from realtime.sources import SourceError, open_source, source_kind
 from realtime.telemetry import format_summary, peak_rss_mb
@@ -161,7 +161,7 @@ def check_outputs(args: argparse.Namespace) -> None:
         if spec is None:
             continue
         path = Path(spec)
-        folder_form = flag == "--save" and (str(spec).endswith(("/", os.sep)) or path.is_dir())
+        folder_form = flag == "--save" and is_folder_spec(spec)
         if folder_form and any(p.parent == path.resolve() for p in reads):
             raise SinkError(f"--save {spec} is the input folder; its PNGs would overwrite the input "
                             "images. Choose another folder")
@@ -212,13 +212,6 @@ def engine_is_the_smaller_half(engine: Any, frame_size: tuple[int, int] | None) 
     return float(np.median(times)) < OTHER_STAGES_MS_PER_MEGAPIXEL * frame_h * frame_w / 1e6
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write beside the target, then rename: a reader never sees half a file."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 def build_pipeline(args: argparse.Namespace) -> Pipeline:
     """Open everything that can fail on bad input, before any thread starts."""
     if not 0.0 <= args.alpha <= 1.0:
@@ -248,17 +241,19 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
                               f"{backend.precision_hint.format(precision=args.precision)}")
         pace = args.pace or ("realtime" if source.live else "all")
         workers, threads = inference_threads(backend.name, pace, args.workers, args.threads)
-        # Inference shares the CPU with decode and render: ONNX Runtime must not spin-wait.
-        engine = engines.load(args.model, backend.name, args.labels, threads=threads, spin=False,
-                              precision=args.precision, calib=args.calib, streams=workers)
+        def open_engine(streams: int) -> Any:
+            # Inference shares the CPU with decode and render: ONNX Runtime must not spin-wait.
+            return engines.load(args.model, backend.name, args.labels, threads=threads, spin=False,
+                                precision=args.precision, calib=args.calib, streams=streams)
+
+        engine = open_engine(workers)
         opened.append(engine)
         if args.workers is None and workers > 1 and engine_is_the_smaller_half(engine, source.frame_size):
             # Reopened for one caller: a model compiled for two streams runs slower with one.
             workers = 1
-            engine.close()
             opened.remove(engine)
-            engine = engines.load(args.model, backend.name, args.labels, threads=threads, spin=False,
-                                  precision=args.precision, calib=args.calib, streams=workers)
+            engine.close()
+            engine = open_engine(workers)
             opened.append(engine)
         try:
             shown = parse_class_selection(args.classes, engine.info.classes)

@@ -20,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -147,7 +147,8 @@ class PipelineOptions:
 
 
 class Pipeline:
-    """Runs source → engine → overlay → sinks on three threads until the input ends or stop()."""
+    """Runs source → engine → overlay → sinks on capture, inference, render and output threads
+    until the input ends or stop()."""
 
     def __init__(self, source: Source, engine: Engine, options: PipelineOptions,
                  sinks: list[Sink] | tuple[Sink, ...] = (), window: Window | None = None):
@@ -186,16 +187,20 @@ class Pipeline:
             self.stop_reason = reason
         self.stop_event.set()
 
+    def _record_error(self, stage: str, error: BaseException) -> None:
+        """Keep the first failure (called inside its except block, for the traceback)."""
+        with self._error_lock:
+            if self._error is None:
+                self._error = PipelineError(stage, error, traceback.format_exc())
+                self._error.__cause__ = error
+
     def _guarded(self, stage: str, body: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
             block_signals()  # signals are the main thread's
             try:
                 body()
             except BaseException as error:  # noqa: BLE001 - any failure must stop the others
-                with self._error_lock:
-                    if self._error is None:
-                        self._error = PipelineError(stage, error, traceback.format_exc())
-                        self._error.__cause__ = error
+                self._record_error(stage, error)
                 self.stop(StopReason.FAILED)
         return run
 
@@ -288,23 +293,27 @@ class Pipeline:
         else:
             self.frames_in.put(END, self.stop_event)
 
+    def _items(self, channel: BoundedChannel) -> Iterator[Any]:
+        """A channel's items until its end marker, or until stop."""
+        while not self.stop_event.is_set():
+            item = channel.get(POLL_S)
+            if item is END:
+                return
+            if item is not None:
+                yield item
+
     def _render(self) -> None:
         pending: dict[int, Packet] = {}  # frames that overtook an earlier one (workers > 1)
         next_sequence = 0
         state = RenderState()
-        while not self.stop_event.is_set():
-            packet = self.results.get(POLL_S)
-            if packet is None:
-                continue
-            if packet is END:
-                self.rendered.put(END, self.stop_event)
-                return
+        for packet in self._items(self.results):
             state.infer_meter.tick()
             # Restore capture order, then render every frame that is next in line.
             pending[packet.sequence] = packet
             while next_sequence in pending:
                 self._render_one(pending.pop(next_sequence), state)
                 next_sequence += 1
+        self.rendered.put(END, self.stop_event)  # returns at once when stopping
 
     def _render_one(self, packet: Packet, state: RenderState) -> None:
         render = StageTimer()
@@ -332,14 +341,7 @@ class Pipeline:
 
     def _output(self) -> None:
         display_meter = RateMeter()
-        while not self.stop_event.is_set():
-            item = self.rendered.get(POLL_S)
-            if item is None:
-                continue
-            if item is END:
-                self.finished.set()
-                return
-            packet, frame = item
+        for packet, frame in self._items(self.rendered):
             write = StageTimer()
             # Write / show; latency ends when the frame has left the pipeline.
             with write:
@@ -360,6 +362,7 @@ class Pipeline:
                           "dropped": packet.dropped, "corrupt": packet.corrupt}
                 for sink in self.sinks:
                     sink.write_record(record)
+        self.finished.set()  # run() tells the end of input from a stop by stop_reason
 
     # -- main thread ----------------------------------------------------------------------
     def run(self) -> dict:
@@ -402,9 +405,6 @@ class Pipeline:
             try:
                 sink.close()
             except SinkError as error:  # finishing a file failed (disk full): the run failed
-                with self._error_lock:
-                    if self._error is None:
-                        self._error = PipelineError("output", error, traceback.format_exc())
-                        self._error.__cause__ = error
+                self._record_error("output", error)
         if engine_idle:
             self.engine.close()

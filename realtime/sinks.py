@@ -39,6 +39,27 @@ class SinkError(RuntimeError):
     """An output that cannot be written; the message names the problem and the fix."""
 
 
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Write beside the target, then rename: a reader never sees half a file, and a failed
+    write leaves no partial one behind."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        if isinstance(data, bytes):
+            partial.write_bytes(data)
+        else:
+            partial.write_text(data)
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+
+
+def is_folder_spec(spec: str | Path) -> bool:
+    """Whether an output names a folder (ends in a separator, or is one already)."""
+    return str(spec).endswith(("/", os.sep)) or Path(spec).is_dir()
+
+
 class Sink:
     """One output of the pipeline. Both hooks default to doing nothing, so a sink overrides
     what it uses; `write_frame` is timed as the pipeline's write stage, and the record it
@@ -257,16 +278,12 @@ class ImageFolderSink(Sink):
     def write_frame(self, frame: np.ndarray, source_name: str | None = None) -> None:
         stem = Path(source_name).stem if source_name else f"frame_{self.frames:06d}"
         target = self.folder / f"{stem}.png"
-        partial = self.folder / f".{stem}.partial.png"
         ok, encoded = cv2.imencode(".png", frame)
         try:
             if not ok:
                 raise OSError(0, "PNG encoding failed")
-            partial.write_bytes(encoded.tobytes())
-            os.replace(partial, target)
+            write_atomically(target, encoded.tobytes())
         except OSError as error:
-            with contextlib.suppress(OSError):
-                partial.unlink()
             raise SinkError(f"--save {self.folder}/: writing {target.name} failed "
                             f"({error.strerror}); the {self.frames} PNGs before it are complete") from None
         self.frames += 1
@@ -275,9 +292,8 @@ class ImageFolderSink(Sink):
 def open_sink(spec: str | Path, fps: float) -> Sink:
     """The sink an output names: a folder (ends in / or exists as one), a .jsonl metrics
     file, or a video container."""
-    text = str(spec)
     path = Path(spec)
-    if text.endswith(("/", os.sep)) or path.is_dir():
+    if is_folder_spec(spec):
         return ImageFolderSink(path)
     if path.suffix.lower() == ".jsonl":
         return MetricsSink(path)
