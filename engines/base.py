@@ -85,7 +85,6 @@ class Backend:
     options: tuple[str, ...]  # keyword options open() takes; others are not passed
     open: Callable[..., Engine]
     precision_hint: str = ""  # said when a precision it does not accept is asked ({precision})
-    install: str = ""  # what to install when its runtime is missing
     # Other file types it opens, and a rule saying when it should open them under --backend
     # auto instead of the suffix's default backend: returns the reason, or None.
     also_opens: tuple[str, ...] = ()

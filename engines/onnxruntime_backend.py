@@ -90,5 +90,4 @@ BACKEND = Backend(
     name="onnxruntime", suffixes=(".onnx",), precisions=("fp32",), parallel_calls=True,
     options=("threads", "spin", "providers"), open=open_engine,
     precision_hint="the precision is the ONNX file's; make one with python -m calibration "
-                   "--precision {precision}, or add --backend tensorrt",
-    install="pip install onnxruntime")
+                   "--precision {precision}, or add --backend tensorrt")

@@ -204,5 +204,5 @@ BACKEND = Backend(
     options=("threads", "precision", "streams"), open=open_engine,
     precision_hint="OpenVINO runs fp32 or bf16 and runs a Q/DQ model as INT8; make one with "
                    "python -m calibration --precision {precision}, or add --backend tensorrt",
-    install="pip install -e \".[openvino]\"", also_opens=(".onnx",), prefers=prefers,
+    also_opens=(".onnx",), prefers=prefers,
     variant=variant)

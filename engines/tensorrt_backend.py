@@ -153,5 +153,4 @@ def open_engine(path: Path, labels: dict | None, precision: str = "fp16", calib:
 BACKEND = Backend(
     name="tensorrt", suffixes=(".engine", ".plan"), precisions=("fp32", "fp16", "int8"),
     parallel_calls=False, options=("precision", "calib", "batch", "device_index"), open=open_engine,
-    precision_hint="TensorRT builds fp32, fp16 or int8 engines from an .onnx",
-    install="pip install -e \".[gpu]\"")
+    precision_hint="TensorRT builds fp32, fp16 or int8 engines from an .onnx")

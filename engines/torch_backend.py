@@ -123,5 +123,4 @@ def open_engine(path: Path, labels: dict | None, **options: Any) -> TorchEngine:
 BACKEND = Backend(
     name="torch", suffixes=(".pt", ".pth"), precisions=PRECISIONS, parallel_calls=False,
     options=("device", "precision", "threads", "cuda_graphs"), open=open_engine,
-    precision_hint="the PyTorch backend runs fp32 on CPU, fp16/bf16 on CUDA",
-    install="pip install -e \".[train]\"")
+    precision_hint="the PyTorch backend runs fp32 on CPU, fp16/bf16 on CUDA")
