@@ -10,11 +10,13 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from engines import autoselect
+from engines.autoselect import Choice
 from engines.base import Backend, Engine, EngineError, EngineInfo
 from engines.labels import LabelsError, load_labels_file
 
 __all__ = ["Engine", "EngineError", "EngineInfo", "Backend", "BACKENDS", "DEFAULT_MODEL", "load",
-           "backend_for", "backend_spec", "choose", "choose_backend", "resolve_model", "shipped_models"]
+           "Choice", "backend_for", "backend_spec", "choose", "resolve_model", "shipped_models"]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "roadseg.onnx"
@@ -59,42 +61,39 @@ def backend_spec(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def choose(path: Path) -> tuple[str, Path, str]:
-    """What --backend auto opens for this file: (backend, file, why). A backend that also
-    opens the file type may first offer a faster stand-in (an INT8 sibling within budget)."""
-    suffix = Path(path).suffix.lower()
-    name, reason = choose_backend(path)
-    for spec in BACKENDS.values():
-        if suffix in spec.also_opens and spec.variant is not None:
-            offered = spec.variant(Path(path))
-            if offered:
-                return spec.name, offered[0], offered[1]
-    return name, Path(path), reason
+def labels_table(labels: str | Path | None) -> dict[str, Any] | None:
+    """A labels JSON file's class table (None without one); EngineError when it is bad."""
+    try:
+        return load_labels_file(Path(labels)) if labels else None
+    except LabelsError as error:
+        raise EngineError(str(error)) from None
 
 
-def choose_backend(path: Path) -> tuple[str, str]:
-    """The backend --backend auto uses for this file, and why.
+def choose(path: str | Path, precision: str = "auto", labels: str | Path | None = None,
+           stand_ins: bool = True) -> Choice:
+    """What --backend auto runs for this file: backend, file, precision and why.
 
-    The suffix names a default backend (.onnx → ONNX Runtime); a backend that also opens that
-    type takes it over when its own measured rule says it runs the model faster here.
+    Where several installed runtimes can run it (an .onnx: ONNX Runtime, OpenVINO in f32 or
+    bf16, an INT8 sibling within its accuracy budget), the fastest measured on this CPU wins
+    (engines.autoselect; measured once, then cached). Other files go to their suffix's backend.
+    `stand_ins=False` keeps the file itself (no INT8 sibling).
     """
-    suffix = Path(path).suffix.lower()
-    for spec in BACKENDS.values():
-        if suffix in spec.also_opens and spec.prefers is not None:
-            reason = spec.prefers(Path(path))
-            if reason:
-                return spec.name, reason
+    path = Path(path)
+    chosen = autoselect.choose(path, BACKENDS, precision, labels_table(labels), stand_ins)
+    if chosen is not None:
+        return chosen
+    suffix = path.suffix.lower()
     for spec in BACKENDS.values():
         if spec.accepts(path):
-            return spec.name, f"{suffix} files"
+            return Choice(spec.name, path, precision, f"{suffix} files")
     known = sorted({s for spec in BACKENDS.values() for s in (*spec.suffixes, *spec.also_opens)})
     raise EngineError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; expected one of "
                       f"{', '.join(known)}")
 
 
-def backend_for(path: Path) -> str:
-    """The backend that opens this file under --backend auto."""
-    return choose_backend(path)[0]
+def backend_for(path: str | Path) -> str:
+    """The backend that opens this very file under --backend auto."""
+    return choose(path, stand_ins=False).backend
 
 
 def load(path: str | Path = DEFAULT_MODEL, backend: str = "auto", labels: str | Path | None = None,
@@ -107,9 +106,12 @@ def load(path: str | Path = DEFAULT_MODEL, backend: str = "auto", labels: str | 
     can pass one set whatever the backend. The engine is a context manager.
     """
     path = resolve_model(path)
-    spec = backend_spec(backend_for(path) if backend == "auto" else backend)
-    try:
-        table = load_labels_file(Path(labels)) if labels else None
-    except LabelsError as error:
-        raise EngineError(str(error)) from None
+    table = labels_table(labels)
+    if backend == "auto":
+        # The file the caller named, on the runtime and precision measured fastest for it.
+        chosen = choose(path, options.get("precision", "auto"), labels, stand_ins=False)
+        backend = chosen.backend
+        if chosen.precision != "auto":
+            options = {**options, "precision": chosen.precision}
+    spec = backend_spec(backend)
     return spec.open(path, table, **spec.select_options(options))

@@ -85,13 +85,12 @@ class Backend:
     options: tuple[str, ...]  # keyword options open() takes; others are not passed
     open: Callable[..., Engine]
     precision_hint: str = ""  # said when a precision it does not accept is asked ({precision})
-    # Other file types it opens, and a rule saying when it should open them under --backend
-    # auto instead of the suffix's default backend: returns the reason, or None.
+    # Other file types it opens besides its suffixes (not by default: under --backend auto
+    # it competes for them, engines.autoselect).
     also_opens: tuple[str, ...] = ()
-    prefers: Callable[[Path], str | None] | None = None
-    # A faster file standing in for the asked one under --backend auto (an INT8 sibling
-    # within its accuracy budget): returns (path, reason), or None.
-    variant: Callable[[Path], tuple[Path, str] | None] | None = None
+    # What it can run a model file as under --backend auto: (file, precision) pairs, the
+    # file itself and faster stand-ins (an INT8 sibling); engines.autoselect times them.
+    offers: Callable[[Path], list[tuple[Path, str]]] | None = None
 
     def accepts(self, path: Path) -> bool:
         return Path(path).suffix.lower() in self.suffixes

@@ -104,6 +104,11 @@ def read_contract(onnx_path: Path) -> tuple[tuple[int, int], list[dict]]:
 INT8_BUDGET_POINTS = 0.5  # mIoU points an INT8 variant may lose and still stand in for FP32
 
 
+def int8_sibling(path: Path) -> Path:
+    """Where a model's INT8 Q/DQ form lives when it ships or is written beside it: X.int8.onnx."""
+    return Path(path).with_name(f"{Path(path).stem}.int8.onnx")
+
+
 def record_accuracy(model: onnx.ModelProto, accuracy: dict[str, Any]) -> None:
     """Record what a lowered model costs in accuracy (from the calibration report) in its
     metadata, so that a runtime can decide whether it may stand in for the FP32 model."""

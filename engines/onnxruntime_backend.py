@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import Backend, ClosingEngine, EngineError, EngineInfo
-from engines.contract import METADATA_KEY, parse_metadata
+from engines.contract import METADATA_KEY, int8_sibling, parse_metadata
 from engines.model_io import ModelIO, TensorSpec
 
 # ONNX Runtime's tensor type strings → numpy.
@@ -71,6 +71,7 @@ class OnnxRuntimeEngine(ClosingEngine):
                      "heads": list(self.io.output_names),
                      "providers": self.session.get_providers(),
                      "load_seconds": round(session_seconds, 3),
+                     "lowering": self.metadata.get("lowering", {}),
                      "provenance": self.metadata.get("provenance", {})})
 
     def infer(self, images: np.ndarray) -> np.ndarray:
@@ -86,8 +87,16 @@ def open_engine(path: Path, labels: dict | None, **options: Any) -> OnnxRuntimeE
     return OnnxRuntimeEngine(path, labels=labels, **options)
 
 
+def offers(path: Path) -> list[tuple[Path, str]]:
+    """The file as it is, and its INT8 sibling when there is one (ONNX Runtime runs s8 Q/DQ
+    slowly on x86, but that is for the measurement to say)."""
+    sibling = int8_sibling(path)
+    return [(Path(path), "auto")] + ([(sibling, "auto")] if sibling.is_file() else [])
+
+
 BACKEND = Backend(
     name="onnxruntime", suffixes=(".onnx",), precisions=("fp32",), parallel_calls=True,
     options=("threads", "spin", "providers"), open=open_engine,
     precision_hint="the precision is the ONNX file's; make one with python -m calibration "
-                   "--precision {precision}, or add --backend tensorrt")
+                   "--precision {precision}, or add --backend tensorrt",
+    offers=offers)

@@ -2,7 +2,9 @@
 the CPU.
 
 - Precision comes from the model or a hint: a Q/DQ model runs as INT8; otherwise "auto" asks
-  for bf16 where the CPU has it (AVX512-BF16 or AMX) and f32 elsewhere.
+  for bf16 where the CPU has it (AVX512-BF16 or AMX) and f32 elsewhere. Whether bf16 is
+  faster than ONNX Runtime depends on the CPU (AMX or not), so --backend auto measures it
+  (engines.autoselect).
 - `threads` is per call and `streams` the number of calls in flight (the pipeline's
   --workers): the model is compiled with that many CPU streams and a pool of as many infer
   requests, so infer() may be called from several threads at once.
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import Backend, ClosingEngine, EngineError, EngineInfo
-from engines.contract import INT8_BUDGET_POINTS, METADATA_KEY, accuracy_within_budget, parse_metadata
+from engines.contract import METADATA_KEY, int8_sibling, parse_metadata
 from engines.model_io import ModelIO, TensorSpec
 
 PRECISIONS = ("fp32", "bf16")
@@ -115,6 +117,7 @@ class OpenVinoEngine(ClosingEngine):
                      "openvino": ov.__version__, "streams": max(1, streams),
                      "compile_seconds": round(compile_seconds, 3),
                      "load_seconds": round(time.perf_counter() - load_started, 3),
+                     "lowering": self.metadata.get("lowering", {}),
                      "provenance": self.metadata.get("provenance", {})})
 
     def infer(self, images: np.ndarray) -> np.ndarray:
@@ -145,58 +148,16 @@ def open_engine(path: Path, labels: dict | None, **options: Any) -> OpenVinoEngi
     return OpenVinoEngine(path, labels=labels, **options)
 
 
-def prefers(path: Path) -> str | None:
-    """Why OpenVINO should run this .onnx rather than ONNX Runtime, or None.
-
-    Measured on the shipped model (README, "CPU runtimes"): with bf16 in the CPU OpenVINO runs
-    it 3x faster than ONNX Runtime FP32 and a Q/DQ INT8 model 3x faster too, while its plain
-    f32 is 5-30 % slower than ONNX Runtime's. So: bf16 CPU or INT8 model → OpenVINO.
-    """
+def offers(path: Path) -> list[tuple[Path, str]]:
+    """An .onnx in f32, in bf16 where the CPU has it, and its INT8 sibling when there is one
+    (engines.autoselect times them against ONNX Runtime; its f32 is usually the slower)."""
     if not available():
-        return None
+        return []
     import openvino as ov
 
-    core = ov.Core()
-    try:
-        model = read_model(core, path)
-    except EngineError:
-        return None  # let the default backend report what is wrong with the file
-    lowered = model_metadata(model).get("precision")
-    if lowered == "fp16":
-        return None  # an FP16 ONNX is made for TensorRT; OpenVINO would not run it as fp16
-    if lowered == "int8" or is_quantized(model):
-        return "an INT8 Q/DQ model runs fastest on OpenVINO"
-    if cpu_has_bf16(core):
-        return "OpenVINO is installed and this CPU runs bf16"
-    return None
-
-
-def int8_variant(path: Path, has_bf16: bool) -> tuple[Path, str] | None:
-    """On a CPU without bf16, the model's INT8 sibling (X.int8.onnx, Q/DQ) when its recorded
-    accuracy cost on OpenVINO is within INT8_BUDGET_POINTS: there INT8 is the fastest form
-    (bf16, where the CPU has it, is as fast and loses nothing, so it wins)."""
-    sibling = Path(path).with_name(f"{Path(path).stem}.int8.onnx")
-    if has_bf16 or not sibling.is_file() or not available():
-        return None
-    import openvino as ov
-
-    try:
-        delta = accuracy_within_budget(model_metadata(read_model(ov.Core(), sibling)), "openvino")
-    except EngineError:
-        return None
-    if delta is None:
-        return None
-    return sibling, (f"no bf16 on this CPU; the INT8 model {sibling.name} loses {-delta:.2f} mIoU "
-                     f"points (within {INT8_BUDGET_POINTS})")
-
-
-def variant(path: Path) -> tuple[Path, str] | None:
-    """The faster stand-in for this .onnx that --backend auto should open, if any."""
-    if not available():
-        return None
-    import openvino as ov
-
-    return int8_variant(path, cpu_has_bf16(ov.Core()))
+    precisions = ["bf16", "fp32"] if cpu_has_bf16(ov.Core()) else ["fp32"]
+    sibling = int8_sibling(path)
+    return [(Path(path), p) for p in precisions] + ([(sibling, "auto")] if sibling.is_file() else [])
 
 
 BACKEND = Backend(
@@ -204,5 +165,4 @@ BACKEND = Backend(
     options=("threads", "precision", "streams"), open=open_engine,
     precision_hint="OpenVINO runs fp32 or bf16 and runs a Q/DQ model as INT8; make one with "
                    "python -m calibration --precision {precision}, or add --backend tensorrt",
-    also_opens=(".onnx",), prefers=prefers,
-    variant=variant)
+    also_opens=(".onnx",), offers=offers)

@@ -38,9 +38,10 @@ import numpy as np
 
 import engines
 from engines.base import EngineError
+from engines.files import write_atomically
 from engines.frame_fit import content_labels, to_input
 from realtime.render import Palette, overlay, parse_class_selection
-from realtime.sinks import SinkError, VideoSink, write_atomically
+from realtime.sinks import SinkError, VideoSink
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts")
 DECODE_CPUS = 0.5  # a decode task is lighter than inference

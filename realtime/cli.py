@@ -20,10 +20,11 @@ import numpy as np
 
 import engines
 from engines.base import EngineError
+from engines.files import write_atomically
 from realtime.pipeline import Pipeline, PipelineError, PipelineOptions, StopReason
 from realtime.render import parse_class_selection
 from realtime.sinks import (MetricsSink, SinkError, VideoSink, Window, check_writable,
-                            display_problem, is_folder_spec, open_sink, write_atomically)
+                            display_problem, is_folder_spec, open_sink)
 from realtime.web import WebSink
 from realtime.sources import SourceError, open_source, source_kind
 from realtime.telemetry import format_summary, peak_rss_mb
@@ -229,10 +230,12 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
     opened: list = [source]  # closed again if a later step refuses the input
     try:
         args.model = engines.resolve_model(args.model)
-        if args.backend == "auto" and args.precision == "auto":
-            name, args.model, args.backend_reason = engines.choose(args.model)
-        elif args.backend == "auto":
-            name, args.backend_reason = engines.choose_backend(args.model)
+        if args.backend == "auto":
+            # The fastest installed runtime and precision for this model on this CPU (an INT8
+            # sibling may stand in when --precision is auto), measured once and cached.
+            chosen = engines.choose(args.model, args.precision, args.labels)
+            name, args.model, args.backend_reason = chosen.backend, chosen.path, chosen.reason
+            args.precision = chosen.precision
         else:
             name, args.backend_reason = args.backend, "--backend"
         backend = engines.backend_spec(name)

@@ -24,6 +24,8 @@ from typing import IO
 import cv2
 import numpy as np
 
+from engines.files import write_atomically
+
 # Containers and how they are written: H.264 through PyAV (plays in browsers and phones), as
 # fragmented MP4 so that a hard kill leaves a playable file; Motion-JPEG AVI through OpenCV.
 H264_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -37,22 +39,6 @@ FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "fra
 
 class SinkError(RuntimeError):
     """An output that cannot be written; the message names the problem and the fix."""
-
-
-def write_atomically(path: Path, data: str | bytes) -> None:
-    """Write beside the target, then rename: a reader never sees half a file, and a failed
-    write leaves no partial one behind."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        if isinstance(data, bytes):
-            partial.write_bytes(data)
-        else:
-            partial.write_text(data)
-        os.replace(partial, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise
 
 
 def is_folder_spec(spec: str | Path) -> bool:

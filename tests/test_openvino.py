@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +44,8 @@ def test_int8_qdq_model_runs_as_int8(frames, reference, tmp_path):
     with engines.load(int8, "openvino") as engine:
         assert engine.info.precision == "int8"
         assert (engine.infer(frames) == reference).mean() >= 0.99
-    assert engines.choose_backend(int8)[0] == "openvino"
+    # Alone (no FP32 sibling to compete with), a Q/DQ file is timed on both runtimes.
+    assert engines.choose(int8).backend in ("openvino", "onnxruntime")
 
 
 def test_ir_keeps_the_contract_and_opens_by_suffix(frames, reference, tmp_path):
@@ -74,14 +76,31 @@ def test_parallel_calls_from_two_threads_match_serial(frames):
     assert all(np.array_equal(results[i], serial[i]) for i in range(len(frames)))
 
 
-def test_auto_follows_the_measured_rule():
-    import openvino as ov
+def test_auto_picks_the_fastest_measured_offer_and_caches_it(tmp_path, monkeypatch):
+    import json
 
-    from engines.openvino_backend import cpu_has_bf16
-
-    expected = "openvino" if cpu_has_bf16(ov.Core()) else "onnxruntime"
-    assert engines.backend_for(engines.DEFAULT_MODEL) == expected
+    monkeypatch.setenv("ROADSEG_CACHE", str(tmp_path / "cache"))
+    chosen = engines.choose(engines.DEFAULT_MODEL)
+    kept = list((tmp_path / "cache" / "auto").glob("*.json"))
+    assert len(kept) == 1 and "measured now" in chosen.reason
+    rows = json.loads(kept[0].read_text())["offers"]
+    # Every installed way to run it was timed: ONNX Runtime, OpenVINO (f32, bf16 where the CPU
+    # has it) and the shipped INT8 sibling on both; the winner is the fastest of them.
+    assert {(r["backend"], Path(r["path"]).name) for r in rows} >= {
+        ("onnxruntime", "roadseg.onnx"), ("openvino", "roadseg.onnx"),
+        ("onnxruntime", "roadseg.int8.onnx"), ("openvino", "roadseg.int8.onnx")}
+    fastest = min((r for r in rows if r["ms"] is not None), key=lambda r: r["ms"])
+    assert (chosen.backend, str(chosen.path)) == (fastest["backend"], fastest["path"])
+    # The second time it is read back, not measured again.
+    again = engines.choose(engines.DEFAULT_MODEL)
+    assert again == engines.Choice(chosen.backend, chosen.path, chosen.precision,
+                                   chosen.reason.replace("measured now", "measured before"))
+    # Without stand-ins only the file itself competes; other suffixes go to their backend.
+    assert engines.choose(engines.DEFAULT_MODEL, stand_ins=False).path == engines.DEFAULT_MODEL
     assert engines.backend_for("model.pt") == "torch"
+    # An engine opened with backend auto runs what was measured fastest for that file.
+    with engines.load(engines.DEFAULT_MODEL) as engine:
+        assert engine.info.backend == engines.backend_for(engines.DEFAULT_MODEL)
 
 
 def test_unreadable_file_is_one_clear_error(tmp_path):
@@ -93,22 +112,22 @@ def test_unreadable_file_is_one_clear_error(tmp_path):
         engines.load(engines.DEFAULT_MODEL, "openvino", precision="int8")
 
 
-def test_int8_sibling_stands_in_only_without_bf16_and_within_budget(tmp_path):
+def test_int8_sibling_competes_only_within_its_accuracy_budget(tmp_path, monkeypatch):
+    import json
     import shutil
 
     import onnx
 
     from engines.contract import record_accuracy
-    from engines.openvino_backend import int8_variant
 
-    shipped = engines.MODELS_DIR / "roadseg.int8.onnx"
-    found = int8_variant(engines.DEFAULT_MODEL, has_bf16=False)
-    assert found is not None and found[0] == shipped and "within 0.5" in found[1]
-    assert int8_variant(engines.DEFAULT_MODEL, has_bf16=True) is None  # bf16: as fast, lossless
-    # A sibling whose recorded loss is over budget is not used.
+    monkeypatch.setenv("ROADSEG_CACHE", str(tmp_path / "cache"))
+    # A sibling whose recorded loss is over budget is opened but never timed nor chosen.
     shutil.copy(engines.DEFAULT_MODEL, tmp_path / "m.onnx")
-    lossy = onnx.load(str(shipped))
-    record_accuracy(lossy, {"delta_miou_points": {"openvino": -1.2}})
+    lossy = onnx.load(str(engines.MODELS_DIR / "roadseg.int8.onnx"))
+    record_accuracy(lossy, {"delta_miou_points": {"openvino": -1.2, "onnxruntime": -1.1}})
     onnx.save(lossy, str(tmp_path / "m.int8.onnx"))
-    assert int8_variant(tmp_path / "m.onnx", has_bf16=False) is None
-    assert int8_variant(tmp_path / "nothing.onnx", has_bf16=False) is None
+    chosen = engines.choose(tmp_path / "m.onnx")
+    assert chosen.path == tmp_path / "m.onnx"
+    rows = json.loads(next((tmp_path / "cache" / "auto").glob("*.json")).read_text())["offers"]
+    siblings = [r for r in rows if r["path"].endswith("m.int8.onnx")]
+    assert len(siblings) == 2 and all(r["ms"] is None and "within 0.5" in r["note"] for r in siblings)

@@ -52,8 +52,9 @@ def test_camvid_clip_with_shipped_model(tmp_path):
     assert frames_in == frames_out == len(read_metrics(metrics)) == 101
     assert size == (480, 360)
     # --backend auto says at start-up which runtime and precision run (the fastest installed).
-    backend = engines.backend_for(engines.DEFAULT_MODEL)
-    with engines.load(engines.DEFAULT_MODEL, backend) as engine:
+    chosen = engines.choose(engines.DEFAULT_MODEL)
+    backend = chosen.backend
+    with engines.load(chosen.path, backend, precision=chosen.precision) as engine:
         precision = engine.info.precision
     assert f"running {backend} {precision} 480x360" in result.stderr
     assert f"{backend} {precision} 480x360" in result.stderr.splitlines()[-1] or \

@@ -3,7 +3,7 @@ synthetic ego-vehicle hood, applied to whole batches on the training device.
 
 Photometric effects leave the labels unchanged. They come from kornia's augmentation module
 where it has them (rain, snow, motion blur, noise, JPEG, plasma shadows for lens dirt); night
-glare and fog have no kornia op and are written here as a few tensor operations.
+glare, fog and cast shadows have no kornia op and are written here as a few tensor operations.
 
 The hood is the one geometric effect: dashcams see their own car, which is not drivable, so a
 hood-shaped region is painted at the bottom of some crops and labelled as the ego class.
@@ -64,6 +64,29 @@ def fog(rgb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Te
     return rgb * transmission + airlight * (1 - transmission)
 
 
+def shade(rgb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Cast shadows: large soft-edged regions (trees, buildings) or a band across the whole
+    frame (a bridge or underpass overhead), darkened and tinted blue, as shade is lit by the
+    sky alone. Road in shade must stay road, not turn into pavement or car."""
+    b, _, h, w = rgb.shape
+    device = rgb.device
+    # Blobs: a coarse random field, upsampled and cut at a random level with a soft edge.
+    field = torch.rand((b, 1, 3, 4), generator=generator).to(device)
+    field = torch.nn.functional.interpolate(field, size=(h, w), mode="bicubic", align_corners=False)
+    level = _uniform((b, 1, 1, 1), 0.35, 0.65, device, generator)
+    blobs = torch.sigmoid((field - level) / 0.04)
+    # Bands: rows between two random lines, every other frame.
+    rows = torch.linspace(0, 1, h, device=device).view(1, 1, h, 1)
+    top = _uniform((b, 1, 1, 1), 0.3, 0.8, device, generator)
+    bottom = top + _uniform((b, 1, 1, 1), 0.15, 0.6, device, generator)
+    band = torch.sigmoid((rows - top) / 0.02) * torch.sigmoid((bottom - rows) / 0.02)
+    use_band = (torch.rand((b, 1, 1, 1), generator=generator) < 0.5).float().to(device)
+    mask = torch.maximum(blobs * (1 - use_band), band.expand(b, 1, h, w) * use_band)
+    depth = _uniform((b, 1, 1, 1), 0.25, 0.6, device, generator)
+    tint = torch.tensor([0.9, 0.95, 1.1], device=device).view(1, 3, 1, 1)
+    return (rgb * (1 - mask + mask * depth * tint)).clamp(0, 1)
+
+
 class RobustAugment:
     """Applies each effect to a random subset of the batch; `probability` scales every share.
 
@@ -77,6 +100,7 @@ class RobustAugment:
         self.effects = [
             (night, 0.5),
             (fog, 0.2),
+            (shade, 0.3),
             (K.RandomRain(p=1.0, number_of_drops=(100, 500), drop_height=(4, 12),
                           drop_width=(1, 2)), 0.2),
             (K.RandomSnow(p=1.0, snow_coefficient=(0.1, 0.4), brightness=(1.5, 2.5)), 0.15),
@@ -111,19 +135,27 @@ def paint_hood(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probability
     """Paint a synthetic ego-vehicle hood at the bottom of some frames, in place.
 
     The top edge is a wide arc (hoods bulge upwards in the middle), the paint a dark-to-light
-    vertical gradient in a random car colour, with a dimmed, blurred mirror image of the scene
-    just above it (glossy paint reflects the road and sky). Pixels under it get `ego_id`.
+    vertical gradient in a random car colour. Glossy paint seen from a dashcam mirrors what is
+    *above* the car, so the reflection is the upper part of the frame (sky, buildings, lamps),
+    flipped, squashed to the hood's height and blurred, never the road just ahead of the hood:
+    a hood that mirrors road teaches the network that road-like texture at the bottom is ego.
+    The edge gets a thin highlight and is softened, as a hood close to the lens is out of focus.
+    Pixels under it get `ego_id`.
     """
     b, _, h, w = rgb.shape
     device = rgb.device
     xs = torch.linspace(-1, 1, w, device=device).view(1, w)
     rows = torch.arange(h, device=device).view(h, 1).float()
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * torch.rand((), generator=generator).item()
+
     for i in range(b):
         if torch.rand((), generator=generator).item() >= probability:
             continue
-        height = h * (0.08 + 0.22 * torch.rand((), generator=generator).item())
-        bulge = height * (0.1 + 0.5 * torch.rand((), generator=generator).item())
-        shift = 0.4 * (torch.rand((), generator=generator).item() - 0.5)
+        height = h * uniform(0.08, 0.30)
+        bulge = height * uniform(0.0, 0.6)
+        shift = uniform(-0.2, 0.2)
         edge = h - height + bulge * ((xs - shift) ** 2).clamp(max=1)  # [1, w] top row per column
         mask = rows >= edge  # [h, w]
         if not mask.any():
@@ -134,16 +166,21 @@ def paint_hood(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probability
         colour = (luminance * tint).to(device)
         depth = ((rows - edge) / max(height, 1.0)).clamp(0, 1)  # 0 at the edge, 1 at the bottom
         paint = colour.view(3, 1, 1) * (0.6 + 0.6 * depth)
-        band = int(min(height, h - height))
-        top = int(h - height)
-        if band >= 2:
-            mirror = rgb[i, :, top - band:top].flip(1)
-            mirror = torch.nn.functional.avg_pool2d(mirror[None], 5, 1, 2)[0]
-            reflection = torch.zeros_like(rgb[i])
-            reflection[:, h - band:] = mirror[:, :band]
-            strength = 0.15 + 0.35 * torch.rand((), generator=generator).item()
-            paint = paint + strength * reflection
-        rgb[i] = torch.where(mask, paint.clamp(0, 1), rgb[i])
+        # Reflection of the frame's upper part, flipped and squashed into the hood's rows.
+        band = max(2, int(height))
+        source_rows = max(band, int(h * uniform(0.3, 0.6)))
+        mirror = rgb[i:i + 1, :, :source_rows].flip(2)
+        mirror = torch.nn.functional.interpolate(mirror, size=(band, w), mode="bilinear",
+                                                 align_corners=False)
+        mirror = torch.nn.functional.avg_pool2d(mirror, 5, 1, 2)[0]
+        reflection = torch.zeros_like(rgb[i])
+        reflection[:, h - band:] = mirror
+        paint = paint + uniform(0.2, 0.7) * reflection
+        # A highlight along the edge, then a soft (out-of-focus) transition into the scene.
+        highlight = torch.exp(-((rows - edge) / 1.5) ** 2) * uniform(0.0, 0.5)
+        paint = paint + highlight
+        soft = ((rows - edge) / uniform(0.5, 3.0) + 0.5).clamp(0, 1)
+        rgb[i] = soft * paint.clamp(0, 1) + (1 - soft) * rgb[i]
         labels[i][mask] = ego_id
 
 

@@ -1,0 +1,216 @@
+"""`--backend auto`: run a model with whichever installed runtime and precision is fastest on
+this CPU, measured rather than guessed from CPU flags.
+
+Why measured: on an Intel Xeon with AMX, OpenVINO's bf16 ran the default model in 3.7 ms and
+ONNX Runtime FP32 in 11.3; on a Xeon with AVX512-BF16 but no AMX the same bf16 hint took 25.9 ms,
+slower than ONNX Runtime FP32 (23.4), while OpenVINO's INT8 took 9.5. No flag rule got both right.
+
+Every backend that opens the file offers what it can run it as (`Backend.offers`: the file in
+each precision it supports, and an INT8 sibling `X.int8.onnx`). With more than one offer, each
+is opened, warmed up and timed single-threaded (a pipeline on a CPU runs its calls one core
+each, and the benchmark's machine bound counts single-thread milliseconds), in interleaved
+rounds so that machine noise hits all alike; the fastest wins. An INT8 sibling competes only
+when the accuracy cost recorded in its metadata for that runtime is within
+`INT8_BUDGET_POINTS`. The result is cached per model content, CPU and runtime versions under
+the cache root, so later runs start at once; delete the file to measure again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata as package_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.base import Backend, EngineError
+from engines.contract import INT8_BUDGET_POINTS, accuracy_within_budget
+from engines.files import cache_root, file_sha256, write_atomically
+
+ROUNDS = 5  # interleaved rounds; the median of each offer's calls is compared
+CALLS_PER_ROUND = 4
+WARMUP_CALLS = 3
+RUNTIME_PACKAGES = ("onnxruntime", "openvino", "torch", "tensorrt")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One way to run a model: a backend, the file it opens, and the precision asked of it
+    ("auto": the file's own)."""
+
+    backend: str
+    path: Path
+    precision: str = "auto"
+
+    def label(self) -> str:
+        return f"{self.backend} {self.precision if self.precision != 'auto' else ''}".strip() + \
+            f" ({self.path.name})"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What --backend auto runs, and the sentence that says why."""
+
+    backend: str
+    path: Path
+    precision: str
+    reason: str
+
+
+def collect_offers(path: Path, backends: dict[str, Backend], precision: str,
+                   stand_ins: bool) -> list[Offer]:
+    """Every backend's offers for this file; `precision` other than auto keeps the offers of
+    that precision, and `stand_ins=False` keeps only the file itself."""
+    offers = []
+    for spec in backends.values():
+        if spec.offers is None or Path(path).suffix.lower() not in (*spec.suffixes, *spec.also_opens):
+            continue
+        for file, offered_precision in spec.offers(Path(path)):
+            offer = Offer(spec.name, Path(file), offered_precision)
+            if not stand_ins and offer.path != Path(path):
+                continue
+            own = offer.precision == "auto" and offer.path == Path(path) and precision in spec.precisions
+            if precision != "auto" and offer.precision != precision and not own:
+                continue
+            offers.append(offer)
+    return offers
+
+
+def cpu_signature() -> str:
+    """The processor as far as speed goes: model name, instruction-set flags and core count
+    (virtual machines often report a generic model name, so the flags matter)."""
+    facts = [platform.machine(), platform.processor(), str(os.cpu_count())]
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("model name", "flags", "Features")):
+                    facts.append(line.split(":", 1)[1].strip())
+                if line.strip() == "":
+                    break  # the first processor describes them all
+    except OSError:
+        pass
+    return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
+
+
+def runtime_versions() -> dict[str, str]:
+    """Installed versions of the runtimes, read from package metadata (nothing imported)."""
+    versions = {}
+    for package in RUNTIME_PACKAGES:
+        try:
+            versions[package] = package_metadata.version(package)
+        except package_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def cache_path(offers: list[Offer], labels: dict[str, Any] | None) -> Path:
+    """Where the measurement of these offers is kept: one file per model content, offer list,
+    labels, CPU and runtime versions."""
+    key = {"files": {str(o.path): file_sha256(o.path) for o in offers},
+           "offers": [[o.backend, o.precision, o.path.name] for o in offers],
+           "labels": labels, "cpu": cpu_signature(), "runtimes": runtime_versions()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    return cache_root() / "auto" / f"{Path(offers[0].path).stem}-{digest[:16]}.json"
+
+
+def measure(offers: list[Offer], backends: dict[str, Backend],
+            labels: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Open each offer, check a stand-in's recorded accuracy, and time single-thread calls in
+    interleaved rounds; one row per offer (ms is None for one that cannot take part)."""
+    rows, opened = [], []
+    try:
+        for offer in offers:
+            row: dict[str, Any] = {**asdict(offer), "path": str(offer.path), "asked": offer.precision,
+                                   "ms": None}
+            rows.append(row)
+            spec = backends[offer.backend]
+            options = spec.select_options({"threads": 1, "precision": offer.precision})
+            try:
+                engine = spec.open(offer.path, labels, **options)
+            except EngineError as error:
+                row["note"] = str(error).splitlines()[0][:160]
+                continue
+            opened.append((row, engine))
+            row["precision"] = engine.info.precision
+            if offer.path != Path(offers[0].path):
+                lowering = {"lowering": engine.info.details.get("lowering", {})}
+                delta = accuracy_within_budget(lowering, offer.backend)
+                if delta is None:
+                    row["note"] = f"no recorded accuracy within {INT8_BUDGET_POINTS} mIoU points"
+                    opened.pop()
+                    engine.close()
+                    continue
+                row["delta_miou_points"] = delta
+            height, width = engine.info.input_size
+            row["blank"] = np.zeros((1, height, width, 3), np.uint8)
+            for _ in range(WARMUP_CALLS):
+                engine.infer(row["blank"])
+            row["times"] = []
+        # Interleaved rounds: every engine a few calls per round.
+        for _ in range(ROUNDS):
+            for row, engine in opened:
+                for _ in range(CALLS_PER_ROUND):
+                    started = time.perf_counter()
+                    engine.infer(row["blank"])
+                    row["times"].append((time.perf_counter() - started) * 1000)
+    finally:
+        for _, engine in opened:
+            engine.close()
+    for row in rows:
+        times = row.pop("times", None)
+        row.pop("blank", None)
+        if times:
+            row["ms"] = round(float(np.median(times)), 3)
+    return rows
+
+
+def choose(path: Path, backends: dict[str, Backend], precision: str = "auto",
+           labels: dict[str, Any] | None = None, stand_ins: bool = True) -> Choice | None:
+    """The fastest offer for this file (measured once, then cached), or None when no backend
+    offers anything for it (the caller falls back to the suffix's backend)."""
+    offers = collect_offers(path, backends, precision, stand_ins)
+    if not offers:
+        return None
+    if len(offers) == 1:
+        only = offers[0]
+        return Choice(only.backend, only.path, only.precision, "the only runtime installed for it")
+    cached = cache_path(offers, labels)
+    rows = None
+    if cached.is_file():
+        try:
+            rows = json.loads(cached.read_text())["offers"]
+        except (OSError, ValueError, KeyError):
+            rows = None  # a damaged cache is measured again
+    fresh = rows is None
+    if fresh:
+        log.info("timing %d ways to run %s on this CPU (once: the fastest is kept in %s)",
+                 len(offers), Path(path).name, cached)
+        rows = measure(offers, backends, labels)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(cached, json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                 "offers": rows}, indent=2))
+        except OSError:
+            pass  # an unwritable cache only costs the measurement next time
+    timed = [row for row in rows if row.get("ms") is not None]
+    if not timed:
+        first = offers[0]
+        return Choice(first.backend, first.path, first.precision,
+                      "no runtime could be timed; the first offered")
+    best = min(timed, key=lambda row: row["ms"])
+    others = ", ".join(f"{r['backend']} {r['precision']} {r['ms']:.1f}" for r in timed if r is not best)
+    reason = (f"fastest on this CPU: {best['ms']:.1f} ms a single-thread call"
+              f"{f' vs {others}' if others else ''}; "
+              f"{'measured now' if fresh else 'measured before'}, kept in {cached}")
+    if best["path"] != str(path):
+        reason += f"; {Path(best['path']).name} loses {-best['delta_miou_points']:.2f} mIoU points"
+    # The precision asked of the backend is the offer's ("auto" lets the file decide).
+    return Choice(best["backend"], Path(best["path"]), best["asked"], reason)
