@@ -117,11 +117,13 @@ def bench_naive(engine: Engine, args: argparse.Namespace, out: Path) -> dict[str
     return {"naive_fps": count / elapsed, "naive_frames": count}
 
 
-def bench_pipeline(model: Path, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """The real application in its own process, as a user runs it."""
+def bench_pipeline(chosen: engines.Choice, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """The real application in its own process, as a user runs it, on the same runtime,
+    file and precision as the engine rows."""
     summary_path = out.with_suffix(".summary.json")
-    command = [sys.executable, str(RUN_PY), *input_args(args), "--model", str(model),
-               "--backend", args.backend, "--pace", "all", "--headless", "--save", str(out),
+    command = [sys.executable, str(RUN_PY), *input_args(args), "--model", str(chosen.path),
+               "--backend", chosen.backend, "--precision", chosen.precision,
+               "--pace", "all", "--headless", "--save", str(out),
                "--summary-json", str(summary_path), "--quiet", *args.pipeline_args]
     if args.frames:
         command += ["--max-frames", str(args.frames)]
@@ -193,20 +195,25 @@ def main(args: argparse.Namespace) -> int:
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for model in models:
-            with engines.load(model, args.backend, **args.engine_options) as engine:
+            # What --backend auto runs (an INT8 sibling may stand in), fixed once so that the
+            # engine, naive and pipeline figures all measure the same runtime and file.
+            chosen = (engines.choose(engines.resolve_model(model)) if args.backend == "auto" else
+                      engines.Choice(args.backend, engines.resolve_model(model), "auto", "--backend"))
+            options = {**args.engine_options, "precision": chosen.precision}
+            with engines.load(chosen.path, chosen.backend, **options) as engine:
                 info = engine.info
-                row: dict[str, Any] = {"model": Path(model).name, "backend": info.backend,
+                row: dict[str, Any] = {"model": chosen.path.name, "backend": info.backend,
                                        "threads": args.threads,
                                        "precision": info.precision, "device": info.device,
                                        "input": name, "frames": len(frames),
                                        "frame_size": [width, height], "decode_fps": decode_fps,
-                                   "decode_cpu_ms": decode_cpu_ms}
+                                       "decode_cpu_ms": decode_cpu_ms}
                 row.update(bench_engine(engine, frames, args.runs, args.warmup))
                 row.update(bench_naive(engine, args, Path(scratch) / "naive.mp4"))
-            with engines.load(model, args.backend, threads=1) as single:
+            with engines.load(chosen.path, chosen.backend, **{**options, "threads": 1}) as single:
                 row["engine_1thread_ms"] = bench_engine(single, frames, max(20, args.runs // 2),
                                                         args.warmup)["engine_ms_p50"]
-            row.update(bench_pipeline(Path(model), args, Path(scratch) / "pipeline.mp4"))
+            row.update(bench_pipeline(chosen, args, Path(scratch) / "pipeline.mp4"))
             # The machine bound: every stage's CPU per frame, over the cores there are.
             # Decode is measured on its own (its FFmpeg threads are not the capture thread's).
             stages = {**row["pipeline_stage_cpu_ms"], "decode_cpu": decode_cpu_ms}
