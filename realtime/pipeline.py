@@ -322,7 +322,7 @@ class Pipeline:
             labels = content_labels(packet.labels, packet.image.shape[:2], self.engine.info.input_size,
                                     self.engine.info.resize)
             frame = overlay(packet.image, labels, self.palette, self.options.alpha,
-                            self.options.outline)
+                            self.options.outline, in_place=True)
             if self.options.hud:
                 draw_hud(frame, [
                     f"capture {measured(packet.capture_fps)} FPS   display "

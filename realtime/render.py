@@ -132,15 +132,17 @@ def colorize(labels: np.ndarray, palette: Palette) -> np.ndarray:
 
 
 def overlay(frame: np.ndarray, labels: np.ndarray, palette: Palette, alpha: float = 0.5,
-            outline: bool = True) -> np.ndarray:
+            outline: bool = True, in_place: bool = False) -> np.ndarray:
     """Blend class colours into the frame where a shown class is, at the frame's resolution.
 
-    frame: BGR [H, W, 3]; labels: class ids [h, w] at any resolution. Returns a new image;
-    pixels of classes that are not shown keep the frame's values exactly.
+    frame: BGR [H, W, 3]; labels: class ids [h, w] at any resolution. Returns a new image, or
+    the frame itself drawn over with `in_place` (the live pipeline owns its decoded frames, and
+    skipping the copy saves a full-frame pass); pixels of classes that are not shown keep the
+    frame's values exactly.
     """
     height, width = frame.shape[:2]
     full = upsample_labels(labels, height, width)
-    out = frame.copy()
+    out = frame if in_place else frame.copy()
     if alpha > 0:
         # Colour the label map at its own resolution, then scale the colours up: nearest
         # neighbour picks the same source pixel either way, at a third of the cost (0.8 ms

@@ -38,6 +38,16 @@ def test_full_alpha_paints_shown_classes_and_leaves_the_rest():
     assert (frame == 77).all()  # the input frame is not modified
 
 
+def test_in_place_draws_the_same_image_into_the_frame():
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, (10, 10), dtype=np.uint8)
+    palette = Palette.build(CLASSES, [1, 2])
+    expected = overlay(frame, labels, palette, alpha=0.5, outline=True)
+    drawn = overlay(frame, labels, palette, alpha=0.5, outline=True, in_place=True)
+    assert drawn is frame and np.array_equal(frame, expected)
+
+
 def test_half_alpha_blends():
     frame = np.full((2, 2, 3), 100, np.uint8)
     palette = Palette.build(CLASSES, [2])
