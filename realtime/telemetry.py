@@ -65,12 +65,15 @@ class RunRecorder:
         self.started = time.perf_counter()
         self.first_output: float | None = None
         self.last_output: float | None = None
+        # The whole process's CPU time (every thread, the runtimes' and FFmpeg's included) at
+        # the first and the last output: what a frame really costs once start-up is over.
+        self.first_cpu = self.last_cpu = 0.0
 
     def add(self, timings: dict[str, float]) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if self.first_output is None:
-            self.first_output = now
-        self.last_output = now
+            self.first_output, self.first_cpu = now, cpu
+        self.last_output, self.last_cpu = now, cpu
         self.frames += 1
         for stage, values in self.values.items():
             values.append(timings.get(stage, 0.0))
@@ -87,8 +90,9 @@ class RunRecorder:
             data = np.frombuffer(values, dtype=np.float32) if len(values) else np.zeros(1, np.float32)
             stages[stage] = {"p50": float(np.percentile(data, 50)), "p95": float(np.percentile(data, 95)),
                              "mean": float(data.mean())}
+        cpu_ms = (self.last_cpu - self.first_cpu) * 1000 / (self.frames - 1) if span > 0 else None
         return {"frames": self.frames, "dropped": dropped, "corrupt": corrupt, "reopened": reopened,
-                "seconds": wall, "fps": fps, "stages_ms": stages}
+                "seconds": wall, "fps": fps, "process_cpu_ms_per_frame": cpu_ms, "stages_ms": stages}
 
 
 def format_summary(summary: dict) -> str:
