@@ -50,10 +50,6 @@ class Offer:
     path: Path
     precision: str = "auto"
 
-    def label(self) -> str:
-        return f"{self.backend} {self.precision if self.precision != 'auto' else ''}".strip() + \
-            f" ({self.path.name})"
-
 
 @dataclass(frozen=True)
 class Choice:
@@ -121,54 +117,60 @@ def cache_path(offers: list[Offer], labels: dict[str, Any] | None) -> Path:
     return cache_root() / "auto" / f"{Path(offers[0].path).stem}-{digest[:16]}.json"
 
 
-def measure(offers: list[Offer], backends: dict[str, Backend],
-            labels: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Open each offer, check a stand-in's recorded accuracy, and time single-thread calls in
-    interleaved rounds; one row per offer (ms is None for one that cannot take part)."""
-    rows, opened = [], []
+def open_offer(offer: Offer, path: Path, backends: dict[str, Backend],
+               labels: dict[str, Any] | None, row: dict[str, Any]) -> Any | None:
+    """The offer's engine, single-threaded and warmed up, or None with `row["note"]` saying
+    why it cannot compete (it does not open or run, or it is a stand-in for `path` without a
+    recorded accuracy within budget)."""
+    spec = backends[offer.backend]
+    engine = None
     try:
-        for offer in offers:
-            row: dict[str, Any] = {**asdict(offer), "path": str(offer.path), "asked": offer.precision,
-                                   "ms": None}
-            rows.append(row)
-            spec = backends[offer.backend]
-            options = spec.select_options({"threads": 1, "precision": offer.precision})
-            try:
-                engine = spec.open(offer.path, labels, **options)
-            except EngineError as error:
-                row["note"] = str(error).splitlines()[0][:160]
-                continue
-            opened.append((row, engine))
-            row["precision"] = engine.info.precision
-            if offer.path != Path(offers[0].path):
-                lowering = {"lowering": engine.info.details.get("lowering", {})}
-                delta = accuracy_within_budget(lowering, offer.backend)
-                if delta is None:
-                    row["note"] = f"no recorded accuracy within {INT8_BUDGET_POINTS} mIoU points"
-                    opened.pop()
-                    engine.close()
-                    continue
-                row["delta_miou_points"] = delta
-            height, width = engine.info.input_size
-            row["blank"] = np.zeros((1, height, width, 3), np.uint8)
-            for _ in range(WARMUP_CALLS):
-                engine.infer(row["blank"])
-            row["times"] = []
-        # Interleaved rounds: every engine a few calls per round.
+        engine = spec.open(offer.path, labels, **spec.select_options({"threads": 1,
+                                                                      "precision": offer.precision}))
+        row["precision"] = engine.info.precision
+        if offer.path != Path(path):
+            delta = accuracy_within_budget({"lowering": engine.info.details.get("lowering", {})},
+                                           offer.backend)
+            if delta is None:
+                row["note"] = f"no recorded accuracy within {INT8_BUDGET_POINTS} mIoU points"
+                engine.close()
+                return None
+            row["delta_miou_points"] = delta
+        height, width = engine.info.input_size
+        for _ in range(WARMUP_CALLS):
+            engine.infer(np.zeros((1, height, width, 3), np.uint8))
+        return engine
+    except (EngineError, RuntimeError) as error:  # a runtime that cannot run it sits this out
+        row["note"] = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        if engine is not None:
+            engine.close()
+        return None
+
+
+def measure(path: Path, offers: list[Offer], backends: dict[str, Backend],
+            labels: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Open every offer, then time single-thread calls in interleaved rounds; one row per
+    offer, with `ms` (median) or None and a note."""
+    rows = [{**asdict(o), "path": str(o.path), "asked": o.precision, "ms": None} for o in offers]
+    opened = [(row, open_offer(offer, path, backends, labels, row))
+              for offer, row in zip(offers, rows, strict=True)]
+    contenders = [(row, engine) for row, engine in opened if engine is not None]
+    times: dict[int, list[float]] = {id(row): [] for row, _ in contenders}
+    try:
+        # Interleaved rounds: every engine a few calls per round, so drift hits all alike.
         for _ in range(ROUNDS):
-            for row, engine in opened:
+            for row, engine in contenders:
+                height, width = engine.info.input_size
+                blank = np.zeros((1, height, width, 3), np.uint8)
                 for _ in range(CALLS_PER_ROUND):
                     started = time.perf_counter()
-                    engine.infer(row["blank"])
-                    row["times"].append((time.perf_counter() - started) * 1000)
+                    engine.infer(blank)
+                    times[id(row)].append((time.perf_counter() - started) * 1000)
     finally:
-        for _, engine in opened:
+        for _, engine in contenders:
             engine.close()
-    for row in rows:
-        times = row.pop("times", None)
-        row.pop("blank", None)
-        if times:
-            row["ms"] = round(float(np.median(times)), 3)
+    for row, _ in contenders:
+        row["ms"] = round(float(np.median(times[id(row)])), 3)
     return rows
 
 
@@ -193,7 +195,7 @@ def choose(path: Path, backends: dict[str, Backend], precision: str = "auto",
     if fresh:
         log.info("timing %d ways to run %s on this CPU (once: the fastest is kept in %s)",
                  len(offers), Path(path).name, cached)
-        rows = measure(offers, backends, labels)
+        rows = measure(path, offers, backends, labels)
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(cached, json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M:%S"),

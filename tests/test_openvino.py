@@ -98,6 +98,9 @@ def test_auto_picks_the_fastest_measured_offer_and_caches_it(tmp_path, monkeypat
     # Without stand-ins only the file itself competes; other suffixes go to their backend.
     assert engines.choose(engines.DEFAULT_MODEL, stand_ins=False).path == engines.DEFAULT_MODEL
     assert engines.backend_for("model.pt") == "torch"
+    # An asked precision keeps the offers in it: fp32 is ONNX Runtime's file or OpenVINO f32.
+    fp32 = engines.choose(engines.DEFAULT_MODEL, "fp32")
+    assert fp32.path == engines.DEFAULT_MODEL and fp32.precision in ("auto", "fp32")
     # An engine opened with backend auto runs what was measured fastest for that file.
     with engines.load(engines.DEFAULT_MODEL) as engine:
         assert engine.info.backend == engines.backend_for(engines.DEFAULT_MODEL)
