@@ -303,12 +303,27 @@ def entry() -> None:
     raise SystemExit(status)
 
 
+def chained_to_interrupt(error: BaseException | None) -> bool:
+    """Whether a failure is a Ctrl-C in disguise: a C extension interrupted while it
+    initialises (OpenVINO's, seen here) raises its own ImportError with the KeyboardInterrupt
+    as the cause."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, report; returns the process exit status (130 after Ctrl-C at any moment)."""
     try:
         return run(build_parser().parse_args(argv))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - re-raised unless Ctrl-C caused it
+        if chained_to_interrupt(error):
+            return EXIT_INTERRUPTED
+        raise
 
 
 def quiet_libraries(verbose: bool) -> None:

@@ -134,6 +134,29 @@ def test_ctrl_c_while_starting_exits_130_quietly(assets):
         assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
 
 
+def test_ctrl_c_inside_a_runtime_import_is_an_interrupt_not_a_traceback(assets, monkeypatch):
+    # Seen in CI: SIGINT landing while OpenVINO's extension initialised surfaced as
+    # "ImportError: initialization failed" with the KeyboardInterrupt as its cause.
+    import engines
+    from realtime import cli
+
+    def interrupted_import(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise ImportError("initialization failed") from interrupt
+
+    monkeypatch.setattr(engines, "choose", interrupted_import)
+    assert cli.main(["--video", str(assets["video"]), "--headless"]) == 130
+    # Any other failure still surfaces.
+    def broken_import(*args, **kwargs):
+        raise ImportError("a broken install")
+
+    monkeypatch.setattr(engines, "choose", broken_import)
+    with pytest.raises(ImportError, match="broken install"):
+        cli.main(["--video", str(assets["video"]), "--headless"])
+
+
 def test_more_workers_than_cores_is_refused(assets):
     one_error(run_app("--video", str(assets["video"]), "--headless", "--workers", "64"),
               "--workers 64", "CPU cores")
