@@ -29,7 +29,7 @@ from engines.frame_fit import content_labels, to_input
 from realtime.render import Palette, draw_hud, make_legend, overlay, paste_legend
 from realtime.sinks import Sink, SinkError, Window
 from realtime.sources import Source, SourceError, block_signals, wait_until
-from realtime.telemetry import RateMeter, RunRecorder, StageTimer
+from realtime.telemetry import RateMeter, RunRecorder, StageTimer, name_os_thread
 
 POLL_S = 0.05  # how often blocked threads look at the stop flag: bounds shutdown time
 END = object()  # end-of-stream marker passed down the channels
@@ -197,6 +197,7 @@ class Pipeline:
     def _guarded(self, stage: str, body: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
             block_signals()  # signals are the main thread's
+            name_os_thread(f"rs-{stage}")
             try:
                 body()
             except BaseException as error:  # noqa: BLE001 - any failure must stop the others

@@ -111,3 +111,36 @@ def test_fast_live_source_drops_frames_and_memory_stays_flat(tmp_path):
     assert len(settled) >= 4
     growth = max(settled) - float(np.median(settled[:3]))
     assert growth < 60, f"RSS grew by {growth:.0f} MB"
+
+
+def _os_thread_name() -> str:
+    with open(f"/proc/self/task/{threading.get_native_id()}/comm") as handle:
+        return handle.read().strip()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc for thread names")
+def test_stage_threads_carry_their_names_at_the_os_level(assets, tmp_path):
+    # top -H, py-spy and /proc/PID/task then show which stage burns the CPU.
+    seen: set[str] = set()
+
+    class NamingMetrics(MetricsSink):
+        def write_record(self, record):
+            seen.add(_os_thread_name())
+            super().write_record(record)
+
+    class NamingEngine:
+        def __init__(self, engine):
+            self.engine, self.info = engine, engine.info
+
+        def infer(self, images):
+            seen.add(_os_thread_name())
+            return self.engine.infer(images)
+
+        def close(self):
+            self.engine.close()
+
+    engine = NamingEngine(engines.load(assets["tiny"]))
+    options = PipelineOptions(**{**OPTIONS, "max_frames": 5})
+    Pipeline(VideoSource(assets["video"]), engine, options,
+             sinks=[NamingMetrics(tmp_path / "m.jsonl")]).run()
+    assert {"rs-inference", "rs-output"} <= seen
