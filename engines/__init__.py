@@ -78,8 +78,12 @@ def choose(path: str | Path, precision: str = "auto", labels: str | Path | None 
     (engines.autoselect; measured once, then cached). Other files go to their suffix's backend.
     `stand_ins=False` keeps the file itself (no INT8 sibling).
     """
-    path = Path(path)
-    chosen = autoselect.choose(path, BACKENDS, precision, labels_table(labels), stand_ins)
+    return _choose(Path(path), precision, labels_table(labels), stand_ins)
+
+
+def _choose(path: Path, precision: str, table: dict[str, Any] | None, stand_ins: bool) -> Choice:
+    """`choose` with the labels file already read."""
+    chosen = autoselect.choose(path, BACKENDS, precision, table, stand_ins)
     if chosen is not None:
         return chosen
     suffix = path.suffix.lower()
@@ -109,7 +113,7 @@ def load(path: str | Path = DEFAULT_MODEL, backend: str = "auto", labels: str | 
     table = labels_table(labels)
     if backend == "auto":
         # The file the caller named, on the runtime and precision measured fastest for it.
-        chosen = choose(path, options.get("precision", "auto"), labels, stand_ins=False)
+        chosen = _choose(path, options.get("precision", "auto"), table, stand_ins=False)
         backend = chosen.backend
         if chosen.precision != "auto":
             options = {**options, "precision": chosen.precision}
