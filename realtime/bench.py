@@ -41,7 +41,7 @@ from engines.base import Engine
 from engines.frame_fit import content_labels, to_input
 from realtime.render import Palette, overlay, parse_class_selection
 from realtime.sources import Source, open_source
-from realtime.telemetry import CPU_STAGES
+from realtime.telemetry import CPU_STAGES, keep_frame_memory
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
 
@@ -182,6 +182,8 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # The same allocator settings as run.py, so the naive loop and decode timing compare fairly.
+    keep_frame_memory()
     frames = read_frames(args)
     models = args.model or [engines.DEFAULT_MODEL]
     decode_fps, decode_cpu_ms = bench_decode(args)

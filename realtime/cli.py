@@ -27,7 +27,7 @@ from realtime.sinks import (MetricsSink, SinkError, VideoSink, Window, check_wri
                             display_problem, is_folder_spec, open_sink)
 from realtime.web import WebSink
 from realtime.sources import SourceError, open_source, source_kind
-from realtime.telemetry import format_summary, peak_rss_mb
+from realtime.telemetry import format_summary, keep_frame_memory, peak_rss_mb
 
 USER_ERRORS = (EngineError, SourceError, SinkError)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -340,6 +340,8 @@ def quiet_libraries(verbose: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the pipeline, run it, print and write the summary."""
     quiet_libraries(args.verbose)
+    # A video run allocates several frame-sized buffers a frame; keep their pages mapped.
+    keep_frame_memory()
     # Progress of a first-use TensorRT build (engines.build logs it) reaches the terminal.
     logging.basicConfig(level=logging.INFO, format="[%(module)s] %(message)s")
     try:

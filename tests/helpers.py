@@ -125,3 +125,21 @@ def camvid_or_skip() -> Path:
     if not (CAMVID / "val").is_dir():
         pytest.skip(f"CamVid not found at {CAMVID} (expected ../shared/data/camvid beside the repo)")
     return CAMVID
+
+
+def write_camvid_video(path: Path, frames: int, size: tuple[int, int] = (960, 540)) -> Path:
+    """The CamVid val clip (real dashcam frames) scaled to `size` and encoded as H.264, the way
+    dashcams store it; skips the test when CamVid is absent."""
+    import av
+
+    images = sorted((camvid_or_skip() / "val").glob("*.png"))[:frames]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=15)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "20"}
+        for image_path in images:
+            image = cv2.resize(cv2.imread(str(image_path)), size, interpolation=cv2.INTER_AREA)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        container.mux(stream.encode())
+    return path
