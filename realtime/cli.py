@@ -188,17 +188,21 @@ def check_display(show: bool | None) -> bool:
     return False
 
 
-# Decode, resize, overlay and H.264 cost about 18.5 CPU ms per megapixel of frame on the
-# benchmark machine (realtime.bench, 960x540: 1.3 + 0.45 + 4.25 + 3.6 ms).
+# Decode, resize, overlay and H.264 cost about 18.5 CPU ms per megapixel of frame (realtime.bench,
+# 960x540: 1.3 + 0.45 + 4.25 + 3.6 ms on an AMX Xeon; 3.5 + 0.35 + 2.5 + 3.4 on an AMD EPYC).
 OTHER_STAGES_MS_PER_MEGAPIXEL = 18.5
+# One inference thread only when a call costs clearly less than the rest of the frame. Measured
+# at 960x540: OpenVINO bf16 at 0.39 of the rest ran 115 FPS with one thread and 104 with two;
+# OpenVINO INT8 at 0.93 of it ran 76 FPS with one and 90 with two (alternated runs, medians).
+ONE_THREAD_BELOW_SHARE = 0.6
 
 
-def engine_is_the_smaller_half(engine: Any, frame_size: tuple[int, int] | None) -> bool:
-    """Whether one single-thread call costs less CPU than the rest of a frame's stages.
+def engine_is_clearly_smaller(engine: Any, frame_size: tuple[int, int] | None) -> bool:
+    """Whether one single-thread call costs well under the CPU of the rest of a frame's stages.
 
-    Then a second inference thread only takes a core from decode, overlay and encode: OpenVINO
-    bf16 (6 ms a call) ran 960x540 at 115 FPS with one inference thread and 104 with two,
-    while ONNX Runtime FP32 (22 ms) needs both. Timed on a blank frame after a warm-up.
+    Then a second inference thread only takes a core from decode, overlay and encode. Near
+    parity it is the other way round: one inference thread becomes a serial chain that the
+    other stages wait on. Timed on a blank frame after a warm-up.
     """
     height, width = engine.info.input_size
     blank = np.zeros((1, height, width, 3), np.uint8)
@@ -210,7 +214,8 @@ def engine_is_the_smaller_half(engine: Any, frame_size: tuple[int, int] | None) 
         engine.infer(blank)
         times.append((time.perf_counter() - started) * 1000)
     frame_h, frame_w = frame_size or (height, width)
-    return float(np.median(times)) < OTHER_STAGES_MS_PER_MEGAPIXEL * frame_h * frame_w / 1e6
+    other_stages_ms = OTHER_STAGES_MS_PER_MEGAPIXEL * frame_h * frame_w / 1e6
+    return float(np.median(times)) < ONE_THREAD_BELOW_SHARE * other_stages_ms
 
 
 def build_pipeline(args: argparse.Namespace) -> Pipeline:
@@ -251,7 +256,7 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
 
         engine = open_engine(workers)
         opened.append(engine)
-        if args.workers is None and workers > 1 and engine_is_the_smaller_half(engine, source.frame_size):
+        if args.workers is None and workers > 1 and engine_is_clearly_smaller(engine, source.frame_size):
             # Reopened for one caller: a model compiled for two streams runs slower with one.
             workers = 1
             opened.remove(engine)

@@ -162,3 +162,14 @@ def test_camera_that_stops_delivering_is_reopened(assets, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(summary.read_text())
     assert report["frames"] == 70 and report["reopened"] >= 1
+
+
+def test_second_inference_thread_only_when_the_engine_is_not_clearly_smaller(assets):
+    from realtime.cli import engine_is_clearly_smaller
+
+    # A tiny model against the overlay and encode of a 960x540 frame: one thread is enough.
+    with engines.load(assets["tiny"], "onnxruntime", threads=1) as tiny:
+        assert engine_is_clearly_smaller(tiny, (540, 960))
+    # The default model against a thumbnail's stages: inference needs both threads.
+    with engines.load(engines.DEFAULT_MODEL, "onnxruntime", threads=1) as default:
+        assert not engine_is_clearly_smaller(default, (60, 80))
