@@ -3,6 +3,7 @@
     python -m realtime.bench --video drive.mp4 --json bench.json
     python -m realtime.bench --images "../shared/data/camvid/val/*.png" --json camvid.json
     python -m realtime.bench --video drive.mp4 --model a.onnx --model runs/base/best.pt
+    python -m realtime.bench --video drive.mp4 --backend onnxruntime --backend auto
 
 For each model (backend chosen by suffix, or --backend) it measures, in one run:
 - engine: warm-up, then median and p95 latency over --runs calls on the video's frames;
@@ -167,10 +168,14 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
 
     labels = [f"{r['model']}\n{r['backend']} {r['precision']}" for r in results]
     x = np.arange(len(results))
-    fig, ax = plt.subplots(figsize=(max(5, 2.5 * len(results)), 4))
-    for offset, key, name in ((-0.27, "engine_fps", "bare engine"), (0, "pipeline_fps", "pipeline"),
-                              (0.27, "naive_fps", "naive loop")):
-        bars = ax.bar(x + offset, [r[key] for r in results], 0.27, label=name)
+    fig, ax = plt.subplots(figsize=(max(5, 3 * len(results)), 4))
+    bars_of = (("engine_fps", "bare engine"),
+               ("bound_fps", "machine bound (stage CPU sum)"),
+               ("pipeline_fps", "pipeline"), ("naive_fps", "naive loop"))
+    width = 0.8 / len(bars_of)
+    for index, (key, name) in enumerate(bars_of):
+        offset = (index - (len(bars_of) - 1) / 2) * width
+        bars = ax.bar(x + offset, [r[key] for r in results], width, label=name)
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("frames per second")
@@ -193,11 +198,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"input {name}: {len(frames)} frames {width}x{height}, decode {decode_fps:.0f} FPS")
     results = []
     with tempfile.TemporaryDirectory() as scratch:
-        for model in models:
+        for model, backend in [(m, b) for m in models for b in args.backend or ["auto"]]:
             # What --backend auto runs (an INT8 sibling may stand in), fixed once so that the
             # engine, naive and pipeline figures all measure the same runtime and file.
-            chosen = (engines.choose(engines.resolve_model(model)) if args.backend == "auto" else
-                      engines.Choice(args.backend, engines.resolve_model(model), "auto", "--backend"))
+            chosen = (engines.choose(engines.resolve_model(model)) if backend == "auto" else
+                      engines.Choice(backend, engines.resolve_model(model), "auto", "--backend"))
             options = {**args.engine_options, "precision": chosen.precision}
             with engines.load(chosen.path, chosen.backend, **options) as engine:
                 info = engine.info
@@ -252,7 +257,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--video", type=Path)
     source.add_argument("--images", help="image folder or quoted glob (e.g. the CamVid clip)")
     parser.add_argument("--model", type=Path, action="append", help="repeat for several models")
-    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--backend", action="append", default=None,
+                        help="runtime, or auto (the default); repeat to compare runtimes in one run")
     parser.add_argument("--threads", type=int, default=None,
                         help="inference CPU threads, for the bare engine, the naive loop and the pipeline")
     parser.add_argument("--frames", type=int, default=None, help="use only the first N frames")

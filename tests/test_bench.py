@@ -13,10 +13,13 @@ def test_bench_writes_json_table_and_chart(assets, tmp_path):
     pytest.importorskip("matplotlib", reason="the chart needs matplotlib ([train] extra)")
     out = tmp_path / "bench.json"
     args = bench.parse_args(["--video", str(assets["video"]), "--model", str(assets["tiny"]),
-                             "--runs", "20", "--warmup", "2", "--frames", "20", "--json", str(out)])
+                             "--runs", "20", "--warmup", "2", "--frames", "20", "--json", str(out),
+                             "--backend", "onnxruntime", "--backend", "openvino"])
     assert bench.main(args) == 0
     report = json.loads(out.read_text())
-    (row,) = report["results"]
+    # One row per runtime asked for, measured in the same run.
+    assert [row["backend"] for row in report["results"]] == ["onnxruntime", "openvino"]
+    row = report["results"][0]
     for key in ("engine_fps", "pipeline_fps", "naive_fps", "decode_fps"):
         assert row[key] > 0, key
     assert row["pipeline_frames"] == row["naive_frames"] == 20
