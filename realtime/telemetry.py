@@ -17,13 +17,22 @@ STAGES = ("decode", "resize", "wait", "infer", "render", "write", "latency")
 CPU_STAGES = ("decode_cpu", "resize_cpu", "render_cpu", "write_cpu")
 
 
+def linux_libc() -> ctypes.CDLL | None:
+    """The C library on Linux (for prctl and mallopt), None elsewhere or when it cannot load."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+
+
 def name_os_thread(name: str) -> None:
     """Give the calling thread its name at the OS level too (Linux: 15 characters), so `top -H`,
     py-spy and /proc/PID/task show which pipeline stage burns the CPU; a no-op elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(15, name.encode()[:15], 0, 0, 0)  # 15 = PR_SET_NAME
+    libc = linux_libc()
+    if libc is not None:
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # 15 = PR_SET_NAME
 
 
 # glibc mallopt parameters (malloc.h).
@@ -40,12 +49,9 @@ def keep_frame_memory(frame_bytes: int = 32 << 20) -> bool:
     above frame size, keep those pages. Returns whether the allocator took the settings (a
     no-op off glibc: macOS, Windows, musl).
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = linux_libc()
+    mallopt = getattr(libc, "mallopt", None)  # musl has no mallopt
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # glibc caps the mmap threshold at 32 MB on 64-bit systems; mallopt returns 1 on success.

@@ -149,7 +149,6 @@ def test_stage_threads_carry_their_names_at_the_os_level(assets, tmp_path):
     assert {"rs-inference", "rs-output"} <= seen
 
 
-
 RUN_COUNTING_FAULTS = """
 import resource, sys
 import realtime.cli as cli
