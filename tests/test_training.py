@@ -16,8 +16,9 @@ from training import evaluate as evaluate_cli
 from training import export as export_cli
 from training import frontier, train
 from training.camvid import CamVid
-from training.data import augment_batch
+from training.data import augment_batch, load_splits, void_to_train_labels
 from engines.checkpoint import load_checkpoint_model
+from engines.labels import CAMVID_VOID, EGO_CLASS, TRAIN_IGNORE
 from engines.roadsegnet import build_model, count_parameters
 from training.export import compare_with_torch, export_onnx
 
@@ -100,6 +101,29 @@ def test_augmentation_keeps_image_and_label_aligned():
         label_steps = (lab[:, 1:] != lab[:, :-1])
         image_steps = (img[:, 1:] - img[:, :-1]).abs() > 5
         assert (label_steps & ~image_steps).float().mean() < 0.05
+
+
+def test_real_hood_becomes_the_ego_class_and_other_void_is_ignored():
+    # Drive 0001TP sees its car's bonnet (void in CamVid); the other drives show no hood.
+    camvid = camvid_or_skip()
+    for drive, has_hood in (("0001TP", True), ("0016E5", False)):
+        labels = load_splits(camvid, ["train"], limit=6, sequences={drive})[1]
+        void = labels == CAMVID_VOID
+        trained = void_to_train_labels(labels.clone(), CAMVID_VOID, EGO_CLASS.id, TRAIN_IGNORE)
+        ego = trained == EGO_CLASS.id
+        # Every void pixel is either ego or ignored; labelled pixels are untouched.
+        assert torch.equal(ego | (trained == TRAIN_IGNORE), void)
+        assert torch.equal(trained[~void], labels[~void])
+        per_frame = ego.float().mean((1, 2))
+        if has_hood:
+            assert (per_frame > 0.01).all()
+            # The hood sits at the bottom of the frame; void higher up (unlabelled buildings,
+            # trees) stays ignored.
+            rows = ego.any(2).float().argmax(1)
+            assert (rows >= 0.6 * labels.shape[1]).all()
+            assert (void[:, : labels.shape[1] // 2] & (trained[:, : labels.shape[1] // 2] == TRAIN_IGNORE)).any()
+        else:
+            assert not ego.any()
 
 
 def test_export_round_trip_and_metadata(tiny_run, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -39,6 +40,30 @@ def load_splits(root: Path, splits: list[str], limit: int | None = None,
         raise DatasetError(f"no CamVid frames in {root} {splits} for drives {sorted(sequences or [])}"
                            f" (drives present: {sorted(drives(root, splits))})")
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def void_to_train_labels(labels: torch.Tensor, void: int, ego: int, ignore: int,
+                         lowest_top: float = 0.6, narrowest: float = 0.2) -> torch.Tensor:
+    """Training labels from CamVid's: void becomes `ignore`, except the car's own hood.
+
+    In drive 0001TP the camera sees its car's dark bonnet, and CamVid leaves it void: a void
+    region that touches the bottom edge, starts below `lowest_top` of the height and spans at
+    least `narrowest` of the width is that hood, so it becomes the `ego` class and the network
+    learns from real hood pixels beside the synthetic ones. In place; returns `labels`.
+    """
+    height, width = labels.shape[1:]
+    for frame in labels:
+        void_mask = (frame == void).numpy().astype(np.uint8)
+        count, components, stats, _ = cv2.connectedComponentsWithStats(void_mask, connectivity=8)
+        hood = np.zeros((height, width), bool)
+        for index in range(1, count):
+            left, top, box_width, box_height, _ = stats[index]
+            if (top + box_height == height and top >= lowest_top * height
+                    and box_width >= narrowest * width):
+                hood |= components == index
+        frame[torch.from_numpy(void_mask.astype(bool) & ~hood)] = ignore
+        frame[torch.from_numpy(hood)] = ego
+    return labels
 
 
 def drives(root: Path, splits: list[str]) -> set[str]:

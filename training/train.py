@@ -29,7 +29,8 @@ from engines.labels import (CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, ROADSEG_CLAS
                             TRAIN_IGNORE, classes_to_json)
 from engines.metrics import ConfusionMatrix, format_table
 from training.augment import RobustAugment, expected_hood_share, paint_hood
-from training.data import augment_batch, class_weights, iterate_batches, load_splits
+from training.data import (augment_batch, class_weights, iterate_batches, load_splits,
+                           void_to_train_labels)
 from engines.checkpoint import total_epochs
 from engines.contract import DEFAULT_INPUT_SIZE
 from engines.contract_wrapper import preprocess_bgr
@@ -200,15 +201,20 @@ def main(args: argparse.Namespace) -> int:
     # A held-out drive leaves training and becomes the drive-disjoint validation.
     held_out = set(args.holdout)
     train_images, train_labels = load_splits(args.data, args.splits, args.limit, exclude=held_out)
-    train_labels[train_labels == CAMVID_VOID] = TRAIN_IGNORE
+    if args.hood_labels:
+        void_to_train_labels(train_labels, CAMVID_VOID, EGO_CLASS.id, TRAIN_IGNORE)
+    else:
+        train_labels[train_labels == CAMVID_VOID] = TRAIN_IGNORE
     validations = {"val": load_splits(args.data, ["val"], args.limit)}
     if held_out:
         validations["holdout"] = load_splits(args.data, args.splits, args.limit, sequences=held_out)
     if args.device != "cpu":
         train_images, train_labels = train_images.to(args.device), train_labels.to(args.device)
     weights = class_weights(train_labels, len(CAMVID_CLASSES))
-    # The ego class only exists where the hood is painted: weight it by its expected share.
-    ego_weight = 1.0 / math.log(1.02 + expected_hood_share(args.hood))
+    # The ego class exists where a hood is painted and on the real hood of drive 0001TP:
+    # weight it by the share of both.
+    real_hood_share = (train_labels == EGO_CLASS.id).double().mean().item()
+    ego_weight = 1.0 / math.log(1.02 + expected_hood_share(args.hood) + real_hood_share)
     weights = torch.cat([weights, torch.tensor([ego_weight])]).to(args.device)
     augment = RobustAugment(args.robust)
 
@@ -316,6 +322,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="strength of night/weather/sensor augmentation (0 turns it off)")
     parser.add_argument("--hood", type=float, default=0.3,
                         help="share of crops that get a synthetic ego-vehicle hood")
+    parser.add_argument("--no-hood-labels", dest="hood_labels", action="store_false",
+                        help="leave the real hood of drive 0001TP void (ignored) instead of "
+                             "teaching it as the ego class")
     parser.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
                         help="bf16 autocast, or none; auto times one step of each and keeps "
                              "the faster (bf16 helps with AMX, hurts on some CPUs without)")
