@@ -16,12 +16,20 @@ from pathlib import Path
 import onnx
 
 from calibration.report import accuracy_report, format_report
+from engines import openvino_backend
 from engines.base import EngineError
 from engines.contract import read_contract, record_accuracy
 from engines.frames import sample_frames
 from engines.lowering import ACTIVATION_FORMS, CALIBRATION_METHODS, lower_precision
 
 log = logging.getLogger("calibration")
+
+
+def report_runtimes() -> list[str]:
+    """Every installed CPU runtime: `--backend auto` lets an INT8 model compete on a runtime
+    only where its metadata records the accuracy it costs there, so a report on ONNX Runtime
+    alone would quietly keep OpenVINO from running the INT8 model."""
+    return ["onnxruntime", *(["openvino"] if openvino_backend.available() else [])]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -38,8 +46,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     log.info("wrote %s (%s)", out, facts)
     if args.report:
+        runtimes = tuple(args.runtimes or report_runtimes())
         report = accuracy_report(args.onnx, {args.precision: out}, args.report, args.split,
-                                 args.limit, tuple(args.runtimes))
+                                 args.limit, runtimes)
         print(format_report(report))
         # The lowered model carries its own accuracy cost (read by --backend auto).
         lowered = onnx.load(str(out))
@@ -67,9 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--activations", choices=ACTIVATION_FORMS, default="s8",
                         help="int8 activation form: s8 (symmetric; TensorRT, OpenVINO) or u8 "
                              "(asymmetric; what ONNX Runtime's x86 int8 kernels run fast)")
-    parser.add_argument("--runtimes", nargs="+", default=["onnxruntime"],
+    parser.add_argument("--runtimes", nargs="+", default=None,
                         choices=["onnxruntime", "openvino"],
-                        help="CPU runtimes the accuracy report runs the lowered model on")
+                        help="CPU runtimes the accuracy report runs the lowered model on "
+                             "(default: every one installed)")
     parser.add_argument("--exclude", nargs="*", help="node names to keep in float")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="calibration cache (activation ranges; default $ROADSEG_CACHE/calibration, "

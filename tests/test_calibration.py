@@ -8,6 +8,7 @@ import onnx
 import pytest
 
 import engines
+from engines.contract import INT8_BUDGET_POINTS, accuracy_within_budget, int8_sibling, read_metadata
 from engines.frames import _evenly, sample_frames
 from engines.lowering import lower_precision, qdq_facts
 from helpers import camvid_or_skip, write_video
@@ -66,6 +67,16 @@ def test_fp16_keeps_io_types_and_runs(tmp_path):
     fp16 = engines.load(out, "onnxruntime")
     assert fp16.info.precision == "fp16"
     assert (fp16.infer(frames) == engines.load(engines.DEFAULT_MODEL).infer(frames)).mean() > 0.999
+
+
+def test_shipped_int8_records_its_accuracy_cost_on_every_cpu_runtime():
+    # --backend auto lets the INT8 sibling compete on a runtime only where its metadata holds
+    # the accuracy it costs there: a rebuild reported on one runtime would silently fall back
+    # to a slower float form on the other.
+    meta = read_metadata(onnx.load(str(int8_sibling(engines.DEFAULT_MODEL))))
+    for runtime in ("onnxruntime", "openvino"):
+        delta = accuracy_within_budget(meta, runtime)
+        assert delta is not None and -delta <= INT8_BUDGET_POINTS, runtime
 
 
 def test_int8_without_calibration_frames_is_refused(tmp_path):
