@@ -121,7 +121,8 @@ def test_real_hood_becomes_the_ego_class_and_other_void_is_ignored():
             # trees) stays ignored.
             rows = ego.any(2).float().argmax(1)
             assert (rows >= 0.6 * labels.shape[1]).all()
-            assert (void[:, : labels.shape[1] // 2] & (trained[:, : labels.shape[1] // 2] == TRAIN_IGNORE)).any()
+            top_half = slice(0, labels.shape[1] // 2)
+            assert (void[:, top_half] & (trained[:, top_half] == TRAIN_IGNORE)).any()
         else:
             assert not ego.any()
 

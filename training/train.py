@@ -201,10 +201,9 @@ def main(args: argparse.Namespace) -> int:
     # A held-out drive leaves training and becomes the drive-disjoint validation.
     held_out = set(args.holdout)
     train_images, train_labels = load_splits(args.data, args.splits, args.limit, exclude=held_out)
-    if args.hood_labels:
-        void_to_train_labels(train_labels, CAMVID_VOID, EGO_CLASS.id, TRAIN_IGNORE)
-    else:
-        train_labels[train_labels == CAMVID_VOID] = TRAIN_IGNORE
+    # Void is ignored; the real hood becomes the ego class (or is ignored too, without labels).
+    void_to_train_labels(train_labels, CAMVID_VOID,
+                         EGO_CLASS.id if args.hood_labels else TRAIN_IGNORE, TRAIN_IGNORE)
     validations = {"val": load_splits(args.data, ["val"], args.limit)}
     if held_out:
         validations["holdout"] = load_splits(args.data, args.splits, args.limit, sequences=held_out)
