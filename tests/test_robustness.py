@@ -13,12 +13,13 @@ torch = pytest.importorskip("torch", reason="robustness tests need the [train] e
 
 from helpers import REPO, camvid_or_skip, run_app
 
+from engines.labels import CAMVID_VOID, EGO_CLASS, TRAIN_IGNORE
 from engines.metrics import ConfusionMatrix
 from training import reference
-from training.augment import RobustAugment, paint_hood
+from training.augment import RealHoods, RobustAugment, paint_hood
 from training.camvid import CamVid
 from training.corruptions import CORRUPTIONS, corrupt_frames
-from training.data import load_splits
+from training.data import load_splits, void_to_train_labels
 
 TEACHER = REPO.parent / "shared" / "teachers" / "twinlitenet" / "twinlitenet.onnx"
 BDD = REPO.parent / "shared" / "data" / "bdd-samples"
@@ -56,6 +57,31 @@ def test_robust_augmentation_keeps_labels_and_hood_is_labelled_ego():
     paint_hood(out, hooded, 11, probability=1.0, generator=generator)
     assert (hooded[:, -1] == 11).all()  # the bottom row is hood in every frame
     assert (hooded[:, 0] == labels[:, 0].long()).all()  # the top row is untouched
+
+
+def test_real_hoods_are_cut_from_0001TP_and_pasted_as_ego_at_the_bottom():
+    camvid = camvid_or_skip()
+    # The cuts: one per 0001TP frame (whose hood is labelled), none from a drive without one.
+    images, labels = load_splits(camvid, ["train"], limit=4, sequences={"0001TP"})
+    void_to_train_labels(labels, CAMVID_VOID, EGO_CLASS.id, TRAIN_IGNORE)
+    hoods = RealHoods(images, labels, EGO_CLASS.id)
+    assert len(hoods) == 4 and 0 < hoods.expected_share(0.3) < 0.3 * RealHoods.HEIGHT_RANGE[1]
+    other_images, other_labels = load_splits(camvid, ["train"], limit=4, sequences={"0016E5"})
+    void_to_train_labels(other_labels, CAMVID_VOID, EGO_CLASS.id, TRAIN_IGNORE)
+    assert len(RealHoods(other_images, other_labels, EGO_CLASS.id)) == 0
+    # Pasted into frames of another drive: ego pixels only in the bottom 30 %, the image
+    # changed only under them, everything else as it was.
+    rgb = other_images.permute(0, 3, 1, 2).flip(1).float() / 255
+    before_rgb, before_labels = rgb.clone(), other_labels.long()
+    pasted = before_labels.clone()
+    hoods.paste(rgb, pasted, EGO_CLASS.id, probability=1.0, generator=torch.Generator().manual_seed(0))
+    ego = pasted == EGO_CLASS.id
+    height = ego.shape[1]
+    assert ego.flatten(1).any(1).all()
+    assert not ego[:, :int(height * (1 - RealHoods.HEIGHT_RANGE[1])) - 1].any()
+    assert torch.equal(pasted[~ego], before_labels[~ego])
+    changed = (rgb != before_rgb).any(1)
+    assert not (changed & ~ego).any()
 
 
 def test_extra_class_predictions_count_as_misses_not_false_positives():

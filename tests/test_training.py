@@ -103,6 +103,23 @@ def test_augmentation_keeps_image_and_label_aligned():
         assert (label_steps & ~image_steps).float().mean() < 0.05
 
 
+def test_aspect_range_squashes_the_width_and_keeps_labels_aligned():
+    # Column-coded stripes 8 pixels wide; at aspect 0.5 and scale 1 they must be 4 wide, the
+    # frame half as wide (the rest of the crop is void padding), image and labels together.
+    columns = torch.arange(64).repeat(48, 1)
+    labels = (columns // 8).to(torch.uint8)[None]
+    image = (labels[..., None] * 30).repeat(1, 1, 1, 3).to(torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    aug_image, aug_label = augment_batch(image, labels, (48, 64), (1.0, 1.0), generator,
+                                         aspect_range=(0.5, 0.5))
+    row = aug_label[0, 24]
+    assert (row[32:] == CAMVID_VOID).all() and (row[:32] != CAMVID_VOID).all()
+    runs = torch.unique_consecutive(row[:32], return_counts=True)[1]
+    assert runs.tolist() == [4] * 8
+    steps = (aug_image[0, 24, 1:32, 0].int() - aug_image[0, 24, :31, 0].int()).abs() > 5
+    assert torch.equal(steps, row[1:32] != row[:31])
+
+
 def test_real_hood_becomes_the_ego_class_and_other_void_is_ignored():
     # Drive 0001TP sees its car's bonnet (void in CamVid); the other drives show no hood.
     camvid = camvid_or_skip()

@@ -6,13 +6,15 @@ where it has them (rain, snow, motion blur, noise, JPEG, plasma shadows for lens
 glare, fog and cast shadows have no kornia op and are written here as a few tensor operations.
 
 The hood is the one geometric effect: dashcams see their own car, which is not drivable, so a
-hood-shaped region is painted at the bottom of some crops and labelled as the ego class.
+hood-shaped region is painted at the bottom of some crops and labelled as the ego class, either
+synthetic (`paint_hood`) or a real hood cut from a labelled frame (`RealHoods`).
 """
 
 from __future__ import annotations
 
 import kornia.augmentation as K
 import torch
+import torch.nn.functional as F
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, device: torch.device,
@@ -182,6 +184,69 @@ def paint_hood(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probability
         soft = ((rows - edge) / uniform(0.5, 3.0) + 0.5).clamp(0, 1)
         rgb[i] = soft * paint.clamp(0, 1) + (1 - soft) * rgb[i]
         labels[i][mask] = ego_id
+
+
+class RealHoods:
+    """Real ego-vehicle hoods, cut from the training frames where the ego class is labelled
+    (CamVid drive 0001TP), to paste at the bottom of other crops.
+
+    One camera's hood in one colour would teach one hood; each paste is stretched to a random
+    height, mirrored at random and recoloured (from near black to brighter than the original),
+    so the network learns the real edge, blur and reflections rather than that car's paint.
+    """
+
+    HEIGHT_RANGE = (0.08, 0.30)
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, ego_id: int):
+        """images: uint8 [N, H, W, 3] BGR; labels: [N, H, W] training labels."""
+        self.cuts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for image, label in zip(images, labels):
+            rows = torch.nonzero((label == ego_id).any(1)).flatten()
+            if len(rows) == 0:
+                continue
+            top = int(rows.min())
+            rgb = image[top:].permute(2, 0, 1).flip(0).float() / 255
+            self.cuts.append((rgb, label[top:] == ego_id))
+
+    def __len__(self) -> int:
+        return len(self.cuts)
+
+    def expected_share(self, probability: float) -> float:
+        """Mean fraction of training pixels the pasted hoods cover (for the ego class weight)."""
+        if not self.cuts:
+            return 0.0
+        fill = sum(mask.float().mean().item() for _, mask in self.cuts) / len(self.cuts)
+        return probability * sum(self.HEIGHT_RANGE) / 2 * fill
+
+    def paste(self, rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probability: float,
+              generator: torch.Generator | None = None) -> None:
+        """Paste a real hood at the bottom of some RGB [B, 3, H, W] 0..1 crops, in place;
+        pixels under it get `ego_id`."""
+        if not self.cuts:
+            return
+        b, _, h, w = rgb.shape
+
+        def uniform(low: float, high: float) -> float:
+            return low + (high - low) * torch.rand((), generator=generator).item()
+
+        for i in range(b):
+            if torch.rand((), generator=generator).item() >= probability:
+                continue
+            # A random cut, stretched to the crop's width and a random share of its height.
+            cut, mask = self.cuts[int(torch.randint(len(self.cuts), (), generator=generator))]
+            band = max(2, round(h * uniform(*self.HEIGHT_RANGE)))
+            cut = F.interpolate(cut[None].to(rgb.device), size=(band, w), mode="bilinear",
+                                align_corners=False)[0]
+            mask = F.interpolate(mask[None, None].float().to(rgb.device), size=(band, w),
+                                 mode="nearest")[0, 0].bool()
+            if torch.rand((), generator=generator).item() < 0.5:
+                cut, mask = cut.flip(-1), mask.flip(-1)
+            # Another paint: overall brightness and a per-channel tint.
+            tint = uniform(0.25, 1.3) * (1 + 0.4 * (torch.rand(3, generator=generator) - 0.5))
+            cut = (cut * tint.to(rgb.device).view(3, 1, 1)).clamp(0, 1)
+            region = rgb[i, :, h - band:]
+            region[:, mask] = cut[:, mask]
+            labels[i, h - band:][mask] = ego_id
 
 
 def expected_hood_share(probability: float) -> float:

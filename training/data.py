@@ -88,8 +88,14 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 def augment_batch(images: torch.Tensor, labels: torch.Tensor, crop: tuple[int, int],
                   scale_range: tuple[float, float] = (0.5, 2.0),
                   generator: torch.Generator | None = None,
-                  fill_label: int = CAMVID_VOID) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random scale, crop (padded with `fill_label`), horizontal flip and photometric jitter.
+                  fill_label: int = CAMVID_VOID,
+                  aspect_range: tuple[float, float] = (1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random scale, aspect ratio, crop (padded with `fill_label`), horizontal flip and
+    photometric jitter.
+
+    `aspect_range` scales the width against the height: the app stretches every frame to the
+    model's 4:3 input, so a 16:9 camera's frames arrive squashed to 0.75 of their width, a
+    shape CamVid's 4:3 frames never show unless training squashes them too.
 
     images: uint8 [B, H, W, 3] BGR; labels: uint8 [B, H, W]. Returns uint8 images in the same
     NHWC layout (the model wrapper's preprocessing is reused) and int64 labels [B, ch, cw].
@@ -106,9 +112,13 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, crop: tuple[int, i
     for i in range(len(images)):
         # Scale: log-uniform so zooming in and out are equally likely.
         scale = math.exp(uniform(math.log(scale_range[0]), math.log(scale_range[1])))
+        # Aspect: drawn only when asked for, so runs without it keep their random stream.
+        aspect = (math.exp(uniform(math.log(aspect_range[0]), math.log(aspect_range[1])))
+                  if aspect_range[0] != aspect_range[1] else aspect_range[0])
         h, w = labels.shape[1:]
-        new_h, new_w = max(8, round(h * scale)), max(8, round(w * scale))
-        image = TF.resize(images[i].permute(2, 0, 1), [new_h, new_w], antialias=scale < 1)
+        new_h, new_w = max(8, round(h * scale)), max(8, round(w * scale * aspect))
+        image = TF.resize(images[i].permute(2, 0, 1), [new_h, new_w],
+                          antialias=scale * min(1.0, aspect) < 1)
         label = TF.resize(labels[i][None], [new_h, new_w],
                           interpolation=TF.InterpolationMode.NEAREST_EXACT)[0]
         # Crop (pad with void where the scaled frame is smaller than the crop).

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from engines.labels import (CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, ROADSEG_CLASSES,
                             TRAIN_IGNORE, classes_to_json)
 from engines.metrics import ConfusionMatrix, format_table
-from training.augment import RobustAugment, expected_hood_share, paint_hood
+from training.augment import RealHoods, RobustAugment, expected_hood_share, paint_hood
 from training.data import (augment_batch, class_weights, iterate_batches, load_splits,
                            void_to_train_labels)
 from engines.checkpoint import total_epochs
@@ -84,10 +84,14 @@ def crop_for_epoch(args: argparse.Namespace, epoch: int) -> tuple[int, int]:
 
 
 def robust_batch(images: torch.Tensor, labels: torch.Tensor, augment: RobustAugment,
-                 hood_probability: float,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Night, weather and sensor effects plus the synthetic hood on uint8 BGR NHWC crops."""
+                 hood_probability: float, generator: torch.Generator,
+                 real_hoods: RealHoods | None = None,
+                 real_hood_probability: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real hoods, then night, weather and sensor effects (which darken or blur the real hood
+    with the scene), then the synthetic hood, on uint8 BGR NHWC crops."""
     rgb = images.permute(0, 3, 1, 2).flip(1).float() / 255
+    if real_hoods is not None and real_hood_probability > 0:
+        real_hoods.paste(rgb, labels, EGO_CLASS.id, real_hood_probability, generator)
     rgb = augment(rgb, generator)
     paint_hood(rgb, labels, EGO_CLASS.id, hood_probability, generator)
     return (rgb * 255).round().to(torch.uint8).flip(1).permute(0, 2, 3, 1), labels
@@ -119,7 +123,8 @@ def faster_autocast(model: RoadSegNet, images: torch.Tensor, labels: torch.Tenso
 
 def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     labels: torch.Tensor, weights: torch.Tensor, args: argparse.Namespace,
-                    epoch: int, generator: torch.Generator, augment: RobustAugment) -> float:
+                    epoch: int, generator: torch.Generator, augment: RobustAugment,
+                    real_hoods: RealHoods | None = None) -> float:
     """One pass over the training frames; returns the mean loss."""
     model.train()
     batches = iterate_batches(len(images), args.batch_size, generator)
@@ -139,11 +144,12 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
             group["lr"] = lr
         # Augment on the training device; images stay uint8 BGR like the deployed model's input.
         batch_images, batch_labels = augment_batch(images[index], labels[index], crop,
-                                                   tuple(args.scale), generator, TRAIN_IGNORE)
+                                                   tuple(args.scale), generator, TRAIN_IGNORE,
+                                                   tuple(args.aspect))
         batch_images = batch_images.to(args.device, non_blocking=True)
         batch_labels = batch_labels.to(args.device, non_blocking=True)
         batch_images, batch_labels = robust_batch(batch_images, batch_labels, augment, args.hood,
-                                                  generator)
+                                                  generator, real_hoods, args.real_hood)
         # Forward in bf16 where asked (the loss in fp32), backward, step.
         inputs = preprocess_bgr(batch_images).contiguous(memory_format=memory_format)
         with amp:
@@ -213,7 +219,9 @@ def main(args: argparse.Namespace) -> int:
     # The ego class exists where a hood is painted and on the real hood of drive 0001TP:
     # weight it by the share of both.
     real_hood_share = (train_labels == EGO_CLASS.id).double().mean().item()
-    ego_weight = 1.0 / math.log(1.02 + expected_hood_share(args.hood) + real_hood_share)
+    real_hoods = RealHoods(train_images, train_labels, EGO_CLASS.id) if args.real_hood > 0 else None
+    pasted_share = real_hoods.expected_share(args.real_hood) if real_hoods else 0.0
+    ego_weight = 1.0 / math.log(1.02 + expected_hood_share(args.hood) + real_hood_share + pasted_share)
     weights = torch.cat([weights, torch.tensor([ego_weight])]).to(args.device)
     augment = RobustAugment(args.robust)
 
@@ -254,7 +262,7 @@ def main(args: argparse.Namespace) -> int:
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
         loss = train_one_epoch(model, optimizer, train_images, train_labels, weights, args,
-                               epoch, generator, augment)
+                               epoch, generator, augment, real_hoods)
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss, "crop": crop_for_epoch(args, epoch),
                                   "seconds": time.perf_counter() - started}
         # A diverged step must not overwrite the last good checkpoint.
@@ -321,6 +329,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="strength of night/weather/sensor augmentation (0 turns it off)")
     parser.add_argument("--hood", type=float, default=0.3,
                         help="share of crops that get a synthetic ego-vehicle hood")
+    parser.add_argument("--real-hood", type=float, default=0.0,
+                        help="share of crops that get a real hood (cut from the labelled "
+                             "frames of drive 0001TP, restretched and recoloured) pasted in")
+    parser.add_argument("--aspect", type=float, nargs=2, default=[1.0, 1.0], metavar=("MIN", "MAX"),
+                        help="range of width/height stretch; 0.75 is a 16:9 camera squashed "
+                             "into the 4:3 input")
     parser.add_argument("--no-hood-labels", dest="hood_labels", action="store_false",
                         help="leave the real hood of drive 0001TP void (ignored) instead of "
                              "teaching it as the ego class")
