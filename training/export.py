@@ -70,7 +70,8 @@ def checkpoint_provenance(checkpoint: dict[str, Any], path: Path) -> dict[str, A
         "model_size": train_args["model_size"],
         "recipe": {key: train_args[key] for key in ("lr", "batch_size", "crop", "scale", "seed",
                                                     "final_crop", "final_epochs", "robust", "hood",
-                                                    "amp", "holdout", "hood_labels")
+                                                    "amp", "holdout", "hood_labels", "real_hood",
+                                                    "aspect")
                    if key in train_args},
         "metrics": checkpoint.get("metrics", {}),
         "checkpoint_sha256": file_sha256(path),
