@@ -146,13 +146,14 @@ def overlay(frame: np.ndarray, labels: np.ndarray, palette: Palette, alpha: floa
     frame's values exactly.
     """
     height, width = frame.shape[:2]
+    labels = labels.astype(np.uint8, copy=False)
     full = upsample_labels(labels, height, width)
     out = frame if in_place else frame.copy()
     if alpha > 0:
         # Colour the label map at its own resolution, then scale the colours up: nearest
         # neighbour picks the same source pixel either way, at a third of the cost (0.8 ms
         # instead of 2.3 at 960x540).
-        colours = colorize(labels.astype(np.uint8, copy=False), palette)
+        colours = colorize(labels, palette)
         if colours.shape[:2] != (height, width):
             colours = cv2.resize(colours, (width, height), interpolation=cv2.INTER_NEAREST)
         blended = cv2.addWeighted(frame, 1.0 - alpha, colours, alpha, 0.0)
@@ -160,7 +161,7 @@ def overlay(frame: np.ndarray, labels: np.ndarray, palette: Palette, alpha: floa
         cv2.copyTo(blended, mask, out)
     if outline and palette.outline_ids:
         # Contours on the small label map, scaled up: cheaper than on the full frame.
-        region = cv2.LUT(labels.astype(np.uint8, copy=False), palette.outlined)
+        region = cv2.LUT(labels, palette.outlined)
         contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         if contours:
             scale = np.array([width / labels.shape[1], height / labels.shape[0]])

@@ -64,17 +64,18 @@ def test_real_hoods_are_cut_from_0001TP_and_pasted_as_ego_at_the_bottom():
     # The cuts: one per 0001TP frame (whose hood is labelled), none from a drive without one.
     images, labels = load_splits(camvid, ["train"], limit=4, sequences={"0001TP"})
     void_to_train_labels(labels, CAMVID_VOID, EGO_CLASS.id, TRAIN_IGNORE)
-    hoods = RealHoods(images, labels, EGO_CLASS.id)
-    assert len(hoods) == 4 and 0 < hoods.expected_share(0.3) < 0.3 * RealHoods.HEIGHT_RANGE[1]
+    hoods = RealHoods(images, labels, EGO_CLASS.id, probability=0.3)
+    assert len(hoods) == 4 and 0 < hoods.expected_share() < 0.3 * RealHoods.HEIGHT_RANGE[1]
     other_images, other_labels = load_splits(camvid, ["train"], limit=4, sequences={"0016E5"})
     void_to_train_labels(other_labels, CAMVID_VOID, EGO_CLASS.id, TRAIN_IGNORE)
-    assert len(RealHoods(other_images, other_labels, EGO_CLASS.id)) == 0
+    assert len(RealHoods(other_images, other_labels, EGO_CLASS.id, 0.3)) == 0
     # Pasted into frames of another drive: ego pixels only in the bottom 30 %, the image
     # changed only under them, everything else as it was.
     rgb = other_images.permute(0, 3, 1, 2).flip(1).float() / 255
     before_rgb, before_labels = rgb.clone(), other_labels.long()
     pasted = before_labels.clone()
-    hoods.paste(rgb, pasted, EGO_CLASS.id, probability=1.0, generator=torch.Generator().manual_seed(0))
+    hoods.probability = 1.0
+    hoods.paste(rgb, pasted, generator=torch.Generator().manual_seed(0))
     ego = pasted == EGO_CLASS.id
     height = ego.shape[1]
     assert ego.flatten(1).any(1).all()

@@ -22,6 +22,11 @@ def _uniform(shape: tuple[int, ...], low: float, high: float, device: torch.devi
     return low + (high - low) * torch.rand(shape, generator=generator).to(device)
 
 
+def _draw(low: float, high: float, generator: torch.Generator | None) -> float:
+    """One uniform number in [low, high) from the augmentation's generator."""
+    return low + (high - low) * torch.rand((), generator=generator).item()
+
+
 def night(rgb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Exposure drop, gamma, a sodium/LED colour cast, light glare, then sensor noise.
 
@@ -149,15 +154,12 @@ def paint_hood(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probability
     xs = torch.linspace(-1, 1, w, device=device).view(1, w)
     rows = torch.arange(h, device=device).view(h, 1).float()
 
-    def uniform(low: float, high: float) -> float:
-        return low + (high - low) * torch.rand((), generator=generator).item()
-
     for i in range(b):
         if torch.rand((), generator=generator).item() >= probability:
             continue
-        height = h * uniform(0.08, 0.30)
-        bulge = height * uniform(0.0, 0.6)
-        shift = uniform(-0.2, 0.2)
+        height = h * _draw(0.08, 0.30, generator)
+        bulge = height * _draw(0.0, 0.6, generator)
+        shift = _draw(-0.2, 0.2, generator)
         edge = h - height + bulge * ((xs - shift) ** 2).clamp(max=1)  # [1, w] top row per column
         mask = rows >= edge  # [h, w]
         if not mask.any():
@@ -170,18 +172,18 @@ def paint_hood(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probability
         paint = colour.view(3, 1, 1) * (0.6 + 0.6 * depth)
         # Reflection of the frame's upper part, flipped and squashed into the hood's rows.
         band = max(2, int(height))
-        source_rows = max(band, int(h * uniform(0.3, 0.6)))
+        source_rows = max(band, int(h * _draw(0.3, 0.6, generator)))
         mirror = rgb[i:i + 1, :, :source_rows].flip(2)
         mirror = torch.nn.functional.interpolate(mirror, size=(band, w), mode="bilinear",
                                                  align_corners=False)
         mirror = torch.nn.functional.avg_pool2d(mirror, 5, 1, 2)[0]
         reflection = torch.zeros_like(rgb[i])
         reflection[:, h - band:] = mirror
-        paint = paint + uniform(0.2, 0.7) * reflection
+        paint = paint + _draw(0.2, 0.7, generator) * reflection
         # A highlight along the edge, then a soft (out-of-focus) transition into the scene.
-        highlight = torch.exp(-((rows - edge) / 1.5) ** 2) * uniform(0.0, 0.5)
+        highlight = torch.exp(-((rows - edge) / 1.5) ** 2) * _draw(0.0, 0.5, generator)
         paint = paint + highlight
-        soft = ((rows - edge) / uniform(0.5, 3.0) + 0.5).clamp(0, 1)
+        soft = ((rows - edge) / _draw(0.5, 3.0, generator) + 0.5).clamp(0, 1)
         rgb[i] = soft * paint.clamp(0, 1) + (1 - soft) * rgb[i]
         labels[i][mask] = ego_id
 
@@ -197,10 +199,13 @@ class RealHoods:
 
     HEIGHT_RANGE = (0.08, 0.30)
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, ego_id: int):
-        """images: uint8 [N, H, W, 3] BGR; labels: [N, H, W] training labels."""
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, ego_id: int,
+                 probability: float):
+        """images: uint8 [N, H, W, 3] BGR; labels: [N, H, W] training labels; `probability`:
+        the share of crops that get a hood."""
+        self.ego_id, self.probability = ego_id, probability
         self.cuts: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for image, label in zip(images, labels):
+        for image, label in zip(images, labels) if probability > 0 else ():
             rows = torch.nonzero((label == ego_id).any(1)).flatten()
             if len(rows) == 0:
                 continue
@@ -211,30 +216,27 @@ class RealHoods:
     def __len__(self) -> int:
         return len(self.cuts)
 
-    def expected_share(self, probability: float) -> float:
+    def expected_share(self) -> float:
         """Mean fraction of training pixels the pasted hoods cover (for the ego class weight)."""
         if not self.cuts:
             return 0.0
         fill = sum(mask.float().mean().item() for _, mask in self.cuts) / len(self.cuts)
-        return probability * sum(self.HEIGHT_RANGE) / 2 * fill
+        return self.probability * sum(self.HEIGHT_RANGE) / 2 * fill
 
-    def paste(self, rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probability: float,
+    def paste(self, rgb: torch.Tensor, labels: torch.Tensor,
               generator: torch.Generator | None = None) -> None:
         """Paste a real hood at the bottom of some RGB [B, 3, H, W] 0..1 crops, in place;
-        pixels under it get `ego_id`."""
+        pixels under it get the ego class."""
         if not self.cuts:
             return
         b, _, h, w = rgb.shape
 
-        def uniform(low: float, high: float) -> float:
-            return low + (high - low) * torch.rand((), generator=generator).item()
-
         for i in range(b):
-            if torch.rand((), generator=generator).item() >= probability:
+            if torch.rand((), generator=generator).item() >= self.probability:
                 continue
             # A random cut, stretched to the crop's width and a random share of its height.
             cut, mask = self.cuts[int(torch.randint(len(self.cuts), (), generator=generator))]
-            band = max(2, round(h * uniform(*self.HEIGHT_RANGE)))
+            band = max(2, round(h * _draw(*self.HEIGHT_RANGE, generator)))
             cut = F.interpolate(cut[None].to(rgb.device), size=(band, w), mode="bilinear",
                                 align_corners=False)[0]
             mask = F.interpolate(mask[None, None].float().to(rgb.device), size=(band, w),
@@ -242,11 +244,11 @@ class RealHoods:
             if torch.rand((), generator=generator).item() < 0.5:
                 cut, mask = cut.flip(-1), mask.flip(-1)
             # Another paint: overall brightness and a per-channel tint.
-            tint = uniform(0.25, 1.3) * (1 + 0.4 * (torch.rand(3, generator=generator) - 0.5))
+            tint = _draw(0.25, 1.3, generator) * (1 + 0.4 * (torch.rand(3, generator=generator) - 0.5))
             cut = (cut * tint.to(rgb.device).view(3, 1, 1)).clamp(0, 1)
             region = rgb[i, :, h - band:]
             region[:, mask] = cut[:, mask]
-            labels[i, h - band:][mask] = ego_id
+            labels[i, h - band:][mask] = self.ego_id
 
 
 def expected_hood_share(probability: float) -> float:

@@ -85,13 +85,12 @@ def crop_for_epoch(args: argparse.Namespace, epoch: int) -> tuple[int, int]:
 
 def robust_batch(images: torch.Tensor, labels: torch.Tensor, augment: RobustAugment,
                  hood_probability: float, generator: torch.Generator,
-                 real_hoods: RealHoods | None = None,
-                 real_hood_probability: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 real_hoods: RealHoods | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Real hoods, then night, weather and sensor effects (which darken or blur the real hood
     with the scene), then the synthetic hood, on uint8 BGR NHWC crops."""
     rgb = images.permute(0, 3, 1, 2).flip(1).float() / 255
-    if real_hoods is not None and real_hood_probability > 0:
-        real_hoods.paste(rgb, labels, EGO_CLASS.id, real_hood_probability, generator)
+    if real_hoods is not None:
+        real_hoods.paste(rgb, labels, generator)
     rgb = augment(rgb, generator)
     paint_hood(rgb, labels, EGO_CLASS.id, hood_probability, generator)
     return (rgb * 255).round().to(torch.uint8).flip(1).permute(0, 2, 3, 1), labels
@@ -149,7 +148,7 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
         batch_images = batch_images.to(args.device, non_blocking=True)
         batch_labels = batch_labels.to(args.device, non_blocking=True)
         batch_images, batch_labels = robust_batch(batch_images, batch_labels, augment, args.hood,
-                                                  generator, real_hoods, args.real_hood)
+                                                  generator, real_hoods)
         # Forward in bf16 where asked (the loss in fp32), backward, step.
         inputs = preprocess_bgr(batch_images).contiguous(memory_format=memory_format)
         with amp:
@@ -219,8 +218,8 @@ def main(args: argparse.Namespace) -> int:
     # The ego class exists where a hood is painted and on the real hood of drive 0001TP:
     # weight it by the share of both.
     real_hood_share = (train_labels == EGO_CLASS.id).double().mean().item()
-    real_hoods = RealHoods(train_images, train_labels, EGO_CLASS.id) if args.real_hood > 0 else None
-    pasted_share = real_hoods.expected_share(args.real_hood) if real_hoods else 0.0
+    real_hoods = RealHoods(train_images, train_labels, EGO_CLASS.id, args.real_hood)
+    pasted_share = real_hoods.expected_share()
     ego_weight = 1.0 / math.log(1.02 + expected_hood_share(args.hood) + real_hood_share + pasted_share)
     weights = torch.cat([weights, torch.tensor([ego_weight])]).to(args.device)
     augment = RobustAugment(args.robust)
