@@ -71,11 +71,15 @@ def checkpoint_provenance(checkpoint: dict[str, Any], path: Path) -> dict[str, A
         "recipe": {key: train_args[key] for key in ("lr", "batch_size", "crop", "scale", "seed",
                                                     "final_crop", "final_epochs", "robust", "hood",
                                                     "amp", "holdout", "hood_labels", "real_hood",
-                                                    "aspect")
+                                                    "aspect", "teacher", "distill_weight",
+                                                    "distill_temperature")
                    if key in train_args},
         "metrics": checkpoint.get("metrics", {}),
         "checkpoint_sha256": file_sha256(path),
     }
+    if not train_args.get("teacher"):
+        for key in ("teacher", "distill_weight", "distill_temperature"):
+            provenance["recipe"].pop(key, None)
     if prior_epochs:
         provenance["warm_restart"] = {"from": train_args["init"], "prior_epochs": prior_epochs}
     return provenance

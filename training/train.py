@@ -5,6 +5,7 @@
     python -m training.train ... --resume runs/base/last.pt      # continue where it stopped
     python -m training.train ... --init runs/base/last.pt --lr 2e-3   # warm restart: weights only,
                                                                       # fresh optimizer + schedule
+    python -m training.train ... --teacher runs/large/last.pt         # distil a large model into this one
 
 Writes <out>/last.pt every epoch and <out>/best.pt on a new best val mIoU, plus log.jsonl.
 """
@@ -31,7 +32,7 @@ from engines.metrics import ConfusionMatrix, format_table
 from training.augment import RealHoods, RobustAugment, expected_hood_share, paint_hood
 from training.data import (augment_batch, class_weights, iterate_batches, load_splits,
                            void_to_train_labels)
-from engines.checkpoint import total_epochs
+from engines.checkpoint import load_checkpoint_model, total_epochs
 from engines.contract import DEFAULT_INPUT_SIZE
 from engines.contract_wrapper import preprocess_bgr
 from engines.roadsegnet import RoadSegNet, build_model, count_parameters
@@ -73,6 +74,33 @@ def segmentation_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor,
         total = total + AUX_WEIGHT * F.cross_entropy(logits, coarse_target, weight=weights,
                                                      ignore_index=TRAIN_IGNORE)
     return total
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """Pixel-wise knowledge distillation: KL(teacher || student) of the class distributions
+    softened by `temperature`, scaled by its square so the gradient keeps its size (Hinton et
+    al.), averaged over pixels. Both are logits [N, C, h, w] of the same size."""
+    teacher_log_p = F.log_softmax(teacher / temperature, dim=1)
+    student_log_p = F.log_softmax(student / temperature, dim=1)
+    per_pixel = (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(dim=1)
+    return per_pixel.mean() * temperature ** 2
+
+
+def load_teacher(path: Path, num_classes: int, device: str, channels_last: bool) -> RoadSegNet:
+    """A trained RoadSegNet checkpoint, frozen in eval mode, for --teacher."""
+    teacher, checkpoint = load_checkpoint_model(path)
+    if teacher.config.num_classes != num_classes:
+        raise ValueError(f"--teacher {path} predicts {teacher.config.num_classes} classes and the "
+                         f"student {num_classes}; distil from a checkpoint of this class table")
+    teacher = teacher.to(device)
+    if channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    print(f"teacher {path}: RoadSegNet-{checkpoint['args']['model_size']}, "
+          f"{total_epochs(checkpoint)} epochs")
+    return teacher.eval()
 
 
 def crop_for_epoch(args: argparse.Namespace, epoch: int) -> tuple[int, int]:
@@ -123,8 +151,9 @@ def faster_autocast(model: RoadSegNet, images: torch.Tensor, labels: torch.Tenso
 def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     labels: torch.Tensor, weights: torch.Tensor, args: argparse.Namespace,
                     epoch: int, generator: torch.Generator, augment: RobustAugment,
-                    real_hoods: RealHoods | None = None) -> float:
-    """One pass over the training frames; returns the mean loss."""
+                    real_hoods: RealHoods | None = None,
+                    teacher: RoadSegNet | None = None) -> float:
+    """One pass over the training frames; returns the mean loss (distillation term included)."""
     model.train()
     batches = iterate_batches(len(images), args.batch_size, generator)
     steps_per_epoch = len(batches)
@@ -154,6 +183,13 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
         with amp:
             outputs = model(inputs)
         loss = segmentation_loss(tuple(o.float() for o in outputs), batch_labels, weights)
+        # Distillation: the teacher sees the same augmented crops and the student matches its
+        # class distributions at the logits' own 1/4 resolution (cheap, and where both predict).
+        if teacher is not None:
+            with torch.no_grad(), amp:
+                teacher_logits = teacher(inputs)
+            loss = loss + args.distill_weight * distillation_loss(
+                outputs[0].float(), teacher_logits.float(), args.distill_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -223,6 +259,13 @@ def main(args: argparse.Namespace) -> int:
     ego_weight = 1.0 / math.log(1.02 + expected_hood_share(args.hood) + real_hood_share + pasted_share)
     weights = torch.cat([weights, torch.tensor([ego_weight])]).to(args.device)
     augment = RobustAugment(args.robust)
+    teacher = None
+    if args.teacher:
+        try:
+            teacher = load_teacher(args.teacher, len(ROADSEG_CLASSES), args.device, args.channels_last)
+        except (OSError, KeyError, RuntimeError, ValueError) as error:
+            print(f"error: cannot use --teacher {args.teacher}: {error}")
+            return 2
 
     model = build_model(args.model_size, len(ROADSEG_CLASSES)).to(args.device)
     if args.channels_last:
@@ -261,7 +304,7 @@ def main(args: argparse.Namespace) -> int:
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
         loss = train_one_epoch(model, optimizer, train_images, train_labels, weights, args,
-                               epoch, generator, augment, real_hoods)
+                               epoch, generator, augment, real_hoods, teacher)
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss, "crop": crop_for_epoch(args, epoch),
                                   "seconds": time.perf_counter() - started}
         # A diverged step must not overwrite the last good checkpoint.
@@ -337,6 +380,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-hood-labels", dest="hood_labels", action="store_false",
                         help="leave the real hood of drive 0001TP void (ignored) instead of "
                              "teaching it as the ego class")
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="distil from this trained checkpoint (e.g. a large model): the "
+                             "student also matches its per-pixel class distributions")
+    parser.add_argument("--distill-weight", type=float, default=1.0,
+                        help="weight of the distillation term beside the cross-entropy")
+    parser.add_argument("--distill-temperature", type=float, default=2.0,
+                        help="softening of both distributions (1 = none)")
     parser.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
                         help="bf16 autocast, or none; auto times one step of each and keeps "
                              "the faster (bf16 helps with AMX, hurts on some CPUs without)")
