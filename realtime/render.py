@@ -147,7 +147,6 @@ def overlay(frame: np.ndarray, labels: np.ndarray, palette: Palette, alpha: floa
     """
     height, width = frame.shape[:2]
     labels = labels.astype(np.uint8, copy=False)
-    full = upsample_labels(labels, height, width)
     out = frame if in_place else frame.copy()
     if alpha > 0:
         # Colour the label map at its own resolution, then scale the colours up: nearest
@@ -157,7 +156,8 @@ def overlay(frame: np.ndarray, labels: np.ndarray, palette: Palette, alpha: floa
         if colours.shape[:2] != (height, width):
             colours = cv2.resize(colours, (width, height), interpolation=cv2.INTER_NEAREST)
         blended = cv2.addWeighted(frame, 1.0 - alpha, colours, alpha, 0.0)
-        mask = cv2.LUT(full, palette.shown)
+        # The shown-class mask, likewise made small and scaled up (one full-size pass fewer).
+        mask = upsample_labels(cv2.LUT(labels, palette.shown), height, width)
         cv2.copyTo(blended, mask, out)
     if outline and palette.outline_ids:
         # Contours on the small label map, scaled up: cheaper than on the full frame.
