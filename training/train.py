@@ -81,9 +81,9 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
     """Pixel-wise knowledge distillation: KL(teacher || student) of the class distributions
     softened by `temperature`, scaled by its square so the gradient keeps its size (Hinton et
     al.), averaged over pixels. Both are logits [N, C, h, w] of the same size."""
-    teacher_log_p = F.log_softmax(teacher / temperature, dim=1)
-    student_log_p = F.log_softmax(student / temperature, dim=1)
-    per_pixel = (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(dim=1)
+    per_pixel = F.kl_div(F.log_softmax(student / temperature, dim=1),
+                         F.log_softmax(teacher / temperature, dim=1),
+                         reduction="none", log_target=True).sum(dim=1)
     return per_pixel.mean() * temperature ** 2
 
 
@@ -100,7 +100,7 @@ def load_teacher(path: Path, num_classes: int, device: str, channels_last: bool)
         parameter.requires_grad_(False)
     print(f"teacher {path}: RoadSegNet-{checkpoint['args']['model_size']}, "
           f"{total_epochs(checkpoint)} epochs")
-    return teacher.eval()
+    return teacher
 
 
 def crop_for_epoch(args: argparse.Namespace, epoch: int) -> tuple[int, int]:
