@@ -17,13 +17,15 @@ from training import evaluate as evaluate_cli
 from training import export as export_cli
 from training import frontier, train
 from training.camvid import CamVid
+from training.augment import CopyPaste
 from training.data import augment_batch, load_splits, void_to_train_labels
 from engines.checkpoint import load_checkpoint_model
 from engines.contract_wrapper import preprocess_bgr
-from engines.labels import CAMVID_VOID, EGO_CLASS, TRAIN_IGNORE
+from engines.labels import CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, TRAIN_IGNORE
 from engines.roadsegnet import build_model, count_parameters
 from training.export import compare_with_torch, export_onnx
 
+CAMVID_NAMES = [c.name for c in CAMVID_CLASSES]
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "training" / "checkpoints" / "roadseg-shipped.pt"
 
 
@@ -146,6 +148,57 @@ def test_real_hood_becomes_the_ego_class_and_other_void_is_ignored():
             assert (void[:, top_half] & (trained[:, top_half] == TRAIN_IGNORE)).any()
         else:
             assert not ego.any()
+
+
+def test_copy_paste_adds_real_rare_objects_with_their_labels():
+    camvid = camvid_or_skip()
+    images, labels = load_splits(camvid, ["train"], limit=40)
+    void_to_train_labels(labels, CAMVID_VOID, TRAIN_IGNORE, TRAIN_IGNORE)
+    rare = [CAMVID_NAMES.index(name) for name in train.COPY_PASTE_CLASSES]
+    bank = CopyPaste(images, labels, rare, probability=1.0)
+    assert set(bank.counts()) <= set(rare) and CAMVID_NAMES.index("Pedestrian") in bank.counts()
+    generator = torch.Generator().manual_seed(0)
+    crops, crop_labels = augment_batch(images[:8], labels[:8], (192, 256), (0.5, 2.0), generator,
+                                       TRAIN_IGNORE)
+    pasted, pasted_labels = crops.clone(), crop_labels.clone()
+    bank.paste(pasted, pasted_labels, generator)
+    # Every changed pixel, in the image or the labels, now belongs to a rare class, and rare
+    # objects cover more of the crops than before.
+    is_rare = torch.isin(pasted_labels, torch.tensor(rare))
+    changed = (pasted != crops).any(-1) | (pasted_labels != crop_labels)
+    assert changed.any() and is_rare[changed].all()
+    assert is_rare.float().mean() > torch.isin(crop_labels, torch.tensor(rare)).float().mean()
+    # At probability 0 nothing is pasted.
+    untouched, untouched_labels = crops.clone(), crop_labels.clone()
+    CopyPaste(images, labels, rare, probability=0.0).paste(untouched, untouched_labels, generator)
+    assert torch.equal(untouched, crops) and torch.equal(untouched_labels, crop_labels)
+
+
+def test_weight_average_is_evaluated_saved_and_resumed(tmp_path, capsys):
+    camvid = camvid_or_skip()
+    common = ["--data", str(camvid), "--limit", "4", "--crop", "96", "128", "--batch-size", "2",
+              "--model-size", "small", "--threads", "2", "--out", str(tmp_path), "--no-progress",
+              "--eval-every", "2", "--copy-paste", "0.5"]
+    assert train.main(train.parse_args(common + ["--epochs", "2", "--ema", "0.9"])) == 0
+    record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert 0 <= record["ema_val_miou"] <= 1
+    checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items()
+                if k.startswith("module.")}
+    assert averaged.keys() == checkpoint["model"].keys()
+    assert any(not torch.equal(averaged[k], checkpoint["model"][k]) for k in averaged)
+    resume = common + ["--resume", str(tmp_path / "last.pt"), "--epochs", "3", "--ema", "0.9"]
+    assert train.main(train.parse_args(resume)) == 0
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["ema"]["n_averaged"] > \
+        checkpoint["ema"]["n_averaged"]
+    # A checkpoint without an average cannot resume one.
+    plain = tmp_path / "plain"
+    assert train.main(train.parse_args(common[:-2] + ["--out", str(plain), "--epochs", "1"])) == 0
+    capsys.readouterr()
+    assert train.main(train.parse_args(
+        common + ["--out", str(plain), "--resume", str(plain / "last.pt"), "--epochs", "2",
+                  "--ema", "0.9"])) == 2
+    assert "has no weight average" in capsys.readouterr().out
 
 
 def test_export_round_trip_and_metadata(tiny_run, tmp_path):

@@ -12,6 +12,9 @@ synthetic (`paint_hood`) or a real hood cut from a labelled frame (`RealHoods`).
 
 from __future__ import annotations
 
+import math
+
+import cv2
 import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
@@ -255,3 +258,74 @@ def expected_hood_share(probability: float) -> float:
     """Mean fraction of training pixels the hood covers (for its class weight)."""
     return probability * 0.19 * (1 - 0.3 / 2)  # mean height 19 %, the arc trims ~15 %
 
+
+
+class CopyPaste:
+    """Rare objects cut from the training frames and pasted into other crops (Ghiasi et al.,
+    "Simple Copy-Paste", 2021), so that pedestrians, bicyclists, signs, poles and fences are
+    seen in many more places, sizes and scenes than the few frames that hold them.
+
+    The bank holds every connected region of a rare class (above `min_pixels`) with its box;
+    a paste picks the class first, then a region of it, so the rarest class is drawn as often
+    as the others. The object keeps its height in the frame (bicyclists stay on the ground),
+    its horizontal place and size are random.
+    """
+
+    SCALE_RANGE = (0.5, 2.0)
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_ids: list[int],
+                 probability: float, max_objects: int = 3, min_pixels: int = 150):
+        """images: uint8 [N, H, W, 3] BGR; labels: [N, H, W] training labels; `probability`:
+        the share of crops that get 1..`max_objects` pasted objects."""
+        self.probability, self.max_objects = probability, max_objects
+        self.bank: dict[int, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
+        frame_height = labels.shape[1]
+        for image, label in zip(images, labels) if probability > 0 else ():
+            for class_id in class_ids:
+                mask = (label == class_id).numpy().astype("uint8")
+                count, components, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+                for index in range(1, count):
+                    left, top, width, height, area = stats[index]
+                    if area < min_pixels:
+                        continue
+                    box = (slice(top, top + height), slice(left, left + width))
+                    region = torch.from_numpy(components[box] == index)
+                    self.bank.setdefault(class_id, []).append(
+                        (image[box].clone(), region, (top + height) / frame_height))
+
+    def counts(self) -> dict[int, int]:
+        """Regions in the bank per class id."""
+        return {class_id: len(regions) for class_id, regions in self.bank.items()}
+
+    def paste(self, images: torch.Tensor, labels: torch.Tensor,
+              generator: torch.Generator | None = None) -> None:
+        """Paste objects into uint8 BGR NHWC crops and their [B, H, W] labels, in place."""
+        if not self.bank:
+            return
+        classes = sorted(self.bank)
+        _, h, w, _ = images.shape
+        for i in range(len(images)):
+            if torch.rand((), generator=generator).item() >= self.probability:
+                continue
+            for _ in range(int(torch.randint(1, self.max_objects + 1, (), generator=generator))):
+                # A class, then one of its regions, at a random size.
+                class_id = classes[int(torch.randint(len(classes), (), generator=generator))]
+                regions = self.bank[class_id]
+                patch, region, bottom = regions[int(torch.randint(len(regions), (), generator=generator))]
+                scale = math.exp(_draw(math.log(self.SCALE_RANGE[0]), math.log(self.SCALE_RANGE[1]),
+                                       generator))
+                ph = min(h, max(2, round(patch.shape[0] * scale)))
+                pw = min(w, max(2, round(patch.shape[1] * scale)))
+                # Resize with its mask; keep its bottom edge at the same share of the frame height.
+                patch_chw = F.interpolate(patch.permute(2, 0, 1)[None].float(), size=(ph, pw),
+                                          mode="bilinear", align_corners=False)[0]
+                mask = F.interpolate(region[None, None].float(), size=(ph, pw), mode="nearest")[0, 0] > 0
+                top = min(h - ph, max(0, round(bottom * h) - ph))
+                left = int(torch.randint(0, w - pw + 1, (), generator=generator))
+                if torch.rand((), generator=generator).item() < 0.5:
+                    patch_chw, mask = patch_chw.flip(-1), mask.flip(-1)
+                mask = mask.to(images.device)
+                target = images[i, top:top + ph, left:left + pw]
+                target[mask] = patch_chw.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).to(
+                    images.device)[mask]
+                labels[i, top:top + ph, left:left + pw][mask] = class_id

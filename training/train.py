@@ -29,7 +29,8 @@ from tqdm import tqdm
 from engines.labels import (CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, ROADSEG_CLASSES,
                             TRAIN_IGNORE, classes_to_json)
 from engines.metrics import ConfusionMatrix, format_table
-from training.augment import RealHoods, RobustAugment, expected_hood_share, paint_hood
+from training.augment import (CopyPaste, RealHoods, RobustAugment, expected_hood_share,
+                              paint_hood)
 from training.data import (augment_batch, class_weights, iterate_batches, load_splits,
                            void_to_train_labels)
 from engines.checkpoint import load_checkpoint_model, total_epochs
@@ -39,6 +40,7 @@ from engines.roadsegnet import RoadSegNet, build_model, count_parameters
 
 AUX_WEIGHT = 0.4
 AUX_LABEL_STRIDE = 4
+COPY_PASTE_CLASSES = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -152,7 +154,9 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
                     labels: torch.Tensor, weights: torch.Tensor, args: argparse.Namespace,
                     epoch: int, generator: torch.Generator, augment: RobustAugment,
                     real_hoods: RealHoods | None = None,
-                    teacher: RoadSegNet | None = None) -> float:
+                    teacher: RoadSegNet | None = None,
+                    copy_paste: CopyPaste | None = None,
+                    ema: torch.optim.swa_utils.AveragedModel | None = None) -> float:
     """One pass over the training frames; returns the mean loss (distillation term included)."""
     model.train()
     batches = iterate_batches(len(images), args.batch_size, generator)
@@ -176,6 +180,9 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
                                                    tuple(args.aspect))
         batch_images = batch_images.to(args.device, non_blocking=True)
         batch_labels = batch_labels.to(args.device, non_blocking=True)
+        # Rare objects pasted before the weather, so rain and night fall on them too.
+        if copy_paste is not None:
+            copy_paste.paste(batch_images, batch_labels, generator)
         batch_images, batch_labels = robust_batch(batch_images, batch_labels, augment, args.hood,
                                                   generator, real_hoods)
         # Forward in bf16 where asked (the loss in fp32), backward, step.
@@ -193,6 +200,8 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         losses.append(loss.item())
         progress.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
     return float(np.mean(losses)) if losses else float("nan")
@@ -216,7 +225,8 @@ def evaluate(model: RoadSegNet, images: torch.Tensor, labels: torch.Tensor, devi
 
 def save_checkpoint(path: Path, model: RoadSegNet, optimizer: torch.optim.Optimizer, epoch: int,
                     args: argparse.Namespace, best_miou: float, metrics: dict[str, Any],
-                    generator: torch.Generator) -> None:
+                    generator: torch.Generator,
+                    ema: torch.optim.swa_utils.AveragedModel | None = None) -> None:
     """Write atomically so an interrupted save never leaves a truncated checkpoint."""
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
@@ -226,6 +236,8 @@ def save_checkpoint(path: Path, model: RoadSegNet, optimizer: torch.optim.Optimi
         "input_size": list(DEFAULT_INPUT_SIZE),  # CamVid frames are evaluated whole
         "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
     }
+    if ema is not None:
+        state["ema"] = ema.state_dict()
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -259,6 +271,12 @@ def main(args: argparse.Namespace) -> int:
     ego_weight = 1.0 / math.log(1.02 + expected_hood_share(args.hood) + real_hood_share + pasted_share)
     weights = torch.cat([weights, torch.tensor([ego_weight])]).to(args.device)
     augment = RobustAugment(args.robust)
+    copy_paste = None
+    if args.copy_paste > 0:
+        rare = [c.id for c in CAMVID_CLASSES if c.name in COPY_PASTE_CLASSES]
+        copy_paste = CopyPaste(train_images.cpu(), train_labels.cpu(), rare, args.copy_paste)
+        print("copy-paste bank: " + ", ".join(f"{CAMVID_CLASSES[c].name} {n}"
+                                               for c, n in sorted(copy_paste.counts().items())))
     teacher = None
     if args.teacher:
         try:
@@ -271,6 +289,10 @@ def main(args: argparse.Namespace) -> int:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # An exponential moving average of the weights (and BatchNorm statistics), evaluated beside them.
+    ema = (torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
+        if args.ema > 0 else None)
     start_epoch, best_miou = 0, -1.0
     if args.resume:
         checkpoint = torch.load(args.resume, map_location=args.device, weights_only=True)
@@ -278,6 +300,11 @@ def main(args: argparse.Namespace) -> int:
         optimizer.load_state_dict(checkpoint["optimizer"])
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
+        if ema is not None:
+            if "ema" not in checkpoint:
+                print(f"error: {args.resume} has no weight average; resume without --ema")
+                return 2
+            ema.load_state_dict(checkpoint["ema"], strict=True)
         start_epoch, best_miou = checkpoint["epoch"] + 1, checkpoint["best_miou"]
         args.prior_epochs = checkpoint["args"].get("prior_epochs", 0)
         if start_epoch >= args.epochs:
@@ -304,7 +331,7 @@ def main(args: argparse.Namespace) -> int:
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
         loss = train_one_epoch(model, optimizer, train_images, train_labels, weights, args,
-                               epoch, generator, augment, real_hoods, teacher)
+                               epoch, generator, augment, real_hoods, teacher, copy_paste, ema)
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss, "crop": crop_for_epoch(args, epoch),
                                   "seconds": time.perf_counter() - started}
         # A diverged step must not overwrite the last good checkpoint.
@@ -319,6 +346,10 @@ def main(args: argparse.Namespace) -> int:
                 epoch_metrics[name] = evaluate(model, images, labels, args.device)
                 record.update({f"{name}_miou": epoch_metrics[name]["mean_iou"],
                                f"{name}_road_iou": epoch_metrics[name]["per_class_iou"]["Road"]})
+                if ema is not None:
+                    averaged = evaluate(ema.module, images, labels, args.device)
+                    record.update({f"ema_{name}_miou": averaged["mean_iou"],
+                                   f"ema_{name}_road_iou": averaged["per_class_iou"]["Road"]})
             metrics = epoch_metrics["val"] | {"holdout": epoch_metrics.get("holdout")}
         print(json.dumps(record), flush=True)
         with open(args.out / "log.jsonl", "a") as log:
@@ -328,9 +359,9 @@ def main(args: argparse.Namespace) -> int:
         if selection and selection["mean_iou"] > best_miou:
             best_miou = selection["mean_iou"]
             save_checkpoint(args.out / "best.pt", model, optimizer, epoch, args, best_miou,
-                            metrics, generator)
+                            metrics, generator, ema)
         save_checkpoint(args.out / "last.pt", model, optimizer, epoch, args, best_miou,
-                        metrics, generator)
+                        metrics, generator, ema)
     if metrics:
         print(format_table(metrics, f"val metrics after {args.epochs} epochs"))
         if metrics.get("holdout"):
@@ -387,6 +418,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="weight of the distillation term beside the cross-entropy")
     parser.add_argument("--distill-temperature", type=float, default=2.0,
                         help="softening of both distributions (1 = none)")
+    parser.add_argument("--copy-paste", type=float, default=0.0,
+                        help="share of crops that get rare objects (pedestrians, bicyclists, signs, "
+                             "poles, fences) pasted from other training frames")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                        help="keep an exponential moving average of the weights with this decay "
+                             "per step (e.g. 0.999), evaluated and saved beside them")
     parser.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
                         help="bf16 autocast, or none; auto times one step of each and keeps "
                              "the faster (bf16 helps with AMX, hurts on some CPUs without)")
