@@ -18,12 +18,24 @@ from engines.labels import CAMVID_CLASSES, ClassInfo, classes_from_json
 from engines.roadsegnet import RoadSegNet, build_model
 
 
-def load_checkpoint_model(path: Path) -> tuple[RoadSegNet, dict[str, Any]]:
-    """Rebuild the network a checkpoint was trained with and load its weights strictly."""
+def load_checkpoint_model(path: Path, weights: str = "model") -> tuple[RoadSegNet, dict[str, Any]]:
+    """Rebuild the network a checkpoint was trained with and load its weights strictly.
+
+    `weights`: "model", the weights as trained, or "ema", the moving average of them that
+    training keeps with --ema (stored as an AveragedModel state: "module."-prefixed keys).
+    """
     # weights_only: a checkpoint is tensors and plain types, so a file that carries code is refused.
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     net = build_model(checkpoint["args"]["model_size"], checkpoint.get("num_classes", 11))
-    net.load_state_dict(checkpoint["model"], strict=True)
+    if weights == "ema":
+        if "ema" not in checkpoint:
+            raise ValueError(f"{path} has no weight average (a run with --ema keeps one); "
+                             "use its trained weights")
+        state = {key.removeprefix("module."): value for key, value in checkpoint["ema"].items()
+                 if key.startswith("module.")}
+    else:
+        state = checkpoint["model"]
+    net.load_state_dict(state, strict=True)
     return net.eval(), checkpoint
 
 

@@ -199,6 +199,16 @@ def test_weight_average_is_evaluated_saved_and_resumed(tmp_path, capsys):
         common + ["--out", str(plain), "--resume", str(plain / "last.pt"), "--epochs", "2",
                   "--ema", "0.9"])) == 2
     assert "has no weight average" in capsys.readouterr().out
+    # The average exports on its own and says so; a checkpoint without one is refused in a line.
+    onnx_path = tmp_path / "average.onnx"
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(tmp_path / "last.pt"), "--out", str(onnx_path), "--data", str(camvid),
+         "--weights", "ema"])) == 0
+    assert engines.load(onnx_path).info.details["provenance"]["weights"] == "moving average"
+    capsys.readouterr()
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(plain / "last.pt"), "--out", str(onnx_path), "--weights", "ema"])) == 2
+    assert capsys.readouterr().out.count("\n") == 1
 
 
 def test_export_round_trip_and_metadata(tiny_run, tmp_path):

@@ -28,7 +28,7 @@ from training.camvid import CamVid
 
 # Training arguments an exported model records as its recipe.
 RECIPE_KEYS = ("lr", "batch_size", "crop", "scale", "seed", "final_crop", "final_epochs", "robust",
-               "hood", "amp", "holdout", "hood_labels", "real_hood", "aspect")
+               "hood", "amp", "holdout", "hood_labels", "real_hood", "aspect", "copy_paste", "ema")
 DISTILL_KEYS = ("teacher", "distill_weight", "distill_temperature")
 
 
@@ -64,7 +64,8 @@ def compare_with_torch(net: nn.Module, onnx_path: Path, images: np.ndarray) -> f
     return float((got == expected).mean())
 
 
-def checkpoint_provenance(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+def checkpoint_provenance(checkpoint: dict[str, Any], path: Path,
+                          weights: str = "model") -> dict[str, Any]:
     """What the exported model records about how it was trained (read back by `engines`)."""
     train_args = checkpoint["args"]
     prior_epochs = train_args.get("prior_epochs", 0)
@@ -78,6 +79,7 @@ def checkpoint_provenance(checkpoint: dict[str, Any], path: Path) -> dict[str, A
         "recipe": {key: train_args[key] for key in recipe_keys if key in train_args},
         "metrics": checkpoint.get("metrics", {}),
         "checkpoint_sha256": file_sha256(path),
+        "weights": "moving average" if weights == "ema" else "as trained",
     }
     if prior_epochs:
         provenance["warm_restart"] = {"from": train_args["init"], "prior_epochs": prior_epochs}
@@ -85,8 +87,12 @@ def checkpoint_provenance(checkpoint: dict[str, Any], path: Path) -> dict[str, A
 
 
 def main(args: argparse.Namespace) -> int:
-    net, checkpoint = load_checkpoint_model(args.checkpoint)
-    provenance = checkpoint_provenance(checkpoint, args.checkpoint)
+    try:
+        net, checkpoint = load_checkpoint_model(args.checkpoint, args.weights)
+    except (OSError, KeyError, RuntimeError, ValueError) as error:
+        print(f"error: cannot export {args.checkpoint}: {error}")
+        return 2
+    provenance = checkpoint_provenance(checkpoint, args.checkpoint, args.weights)
     height, width = checkpoint_input_size(checkpoint)
     export_onnx(net, args.out, args.height or height, args.width or width,
                 classes=checkpoint_classes(checkpoint), provenance=provenance)
@@ -105,6 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--height", type=int, default=None, help="default: the checkpoint's input size")
     parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--weights", choices=["model", "ema"], default="model",
+                        help="the weights as trained, or their moving average (a run with --ema)")
     return parser.parse_args(argv)
 
 
