@@ -259,7 +259,6 @@ def expected_hood_share(probability: float) -> float:
     return probability * 0.19 * (1 - 0.3 / 2)  # mean height 19 %, the arc trims ~15 %
 
 
-
 class CopyPaste:
     """Rare objects cut from the training frames and pasted into other crops (Ghiasi et al.,
     "Simple Copy-Paste", 2021), so that pedestrians, bicyclists, signs, poles and fences are
