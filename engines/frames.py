@@ -1,4 +1,5 @@
-"""Calibration frames: taken evenly and deterministically from a video, a folder or a glob.
+"""Sample frames (for INT8 calibration, or training's --adapt): taken evenly and
+deterministically from a video, a folder or a glob.
 
 Here rather than in `calibration` because an INT8 engine build needs them on a deployment box
 that has neither the calibration tools nor the live application.
@@ -19,7 +20,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 
 
 class FramesError(EngineError):
-    """Calibration frames that cannot be read; the message names the source and the fix."""
+    """Frames that cannot be read; the message names the source and the fix."""
 
 
 def _evenly(total: int, count: int) -> list[int]:
@@ -37,6 +38,16 @@ def list_images(source: str | Path) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(str(source)) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
 
 
+def listed_names(source: str | Path | None) -> set[str]:
+    """File names of the images a folder or glob lists; a video (or nothing) lists none."""
+    if source is None:
+        return set()
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+        return set()
+    return {image.name for image in list_images(source)}
+
+
 def sample_frames(source: str | Path, count: int, size: tuple[int, int]) -> np.ndarray:
     """uint8 BGR [N, H, W, 3] at the model's input size (height, width).
 
@@ -48,7 +59,7 @@ def sample_frames(source: str | Path, count: int, size: tuple[int, int]) -> np.n
     if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
-            raise FramesError(f"calibration source {path} is not a readable video")
+            raise FramesError(f"{path} is not a readable video")
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         if total <= 0:  # unknown length: count by decoding
             total = sum(1 for _ in iter(lambda: capture.grab() or None, None))
@@ -69,7 +80,7 @@ def sample_frames(source: str | Path, count: int, size: tuple[int, int]) -> np.n
         frames = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
                   for f in frames if f is not None]
     if not frames:
-        raise FramesError(f"no calibration frames could be read from {source!r}; pass a video, "
+        raise FramesError(f"no frames could be read from {source!r}; pass a video, "
                           "an image folder or a quoted glob")
     return np.stack(frames)
 

@@ -17,7 +17,7 @@ from training import evaluate as evaluate_cli
 from training import export as export_cli
 from training import frontier, train
 from training.camvid import CamVid
-from training.augment import CopyPaste
+from training.augment import CopyPaste, class_mix
 from training.data import augment_batch, load_splits, void_to_train_labels
 from engines.checkpoint import load_checkpoint_model
 from engines.contract_wrapper import preprocess_bgr
@@ -209,6 +209,86 @@ def test_weight_average_is_evaluated_saved_and_resumed(tmp_path, capsys):
     assert export_cli.main(export_cli.parse_args(
         ["--checkpoint", str(plain / "last.pt"), "--out", str(onnx_path), "--weights", "ema"])) == 2
     assert capsys.readouterr().out.count("\n") == 1
+
+
+def test_class_mix_lays_half_the_source_classes_over_the_target_where_they_stand():
+    camvid = camvid_or_skip()
+    images, labels = load_splits(camvid, ["train"], limit=120)
+    void_to_train_labels(labels, CAMVID_VOID, TRAIN_IGNORE, TRAIN_IGNORE)
+    generator = torch.Generator().manual_seed(0)
+    # Source crops from drive 0001TP, "pseudo-labelled" target crops from 0016E5.
+    source, source_labels = augment_batch(images[:4], labels[:4], (192, 256), (0.5, 2.0),
+                                          generator, TRAIN_IGNORE)
+    target, target_labels = augment_batch(images[-4:], labels[-4:], (192, 256), (0.5, 2.0),
+                                          generator, TRAIN_IGNORE)
+    mixed, mixed_labels = class_mix(source, source_labels, target, target_labels, TRAIN_IGNORE,
+                                    generator)
+    for i in range(4):
+        present = set(source_labels[i].unique().tolist()) - {TRAIN_IGNORE}
+        pasted = (mixed_labels[i] != target_labels[i]) | (mixed[i] != target[i]).any(-1)
+        copied = set(source_labels[i][pasted].unique().tolist())
+        # Half the source's classes (rounded up), whole, in place; the rest is the target.
+        assert copied <= present and len(copied) <= (len(present) + 1) // 2
+        chosen = torch.isin(source_labels[i], torch.tensor(sorted(copied), dtype=torch.long))
+        assert torch.equal(mixed[i][chosen], source[i][chosen])
+        assert torch.equal(mixed_labels[i][chosen], source_labels[i][chosen])
+        assert torch.equal(mixed[i][~chosen], target[i][~chosen])
+        assert torch.equal(mixed_labels[i][~chosen], target_labels[i][~chosen])
+    assert not torch.equal(mixed, target)
+
+
+def test_pseudo_labels_keep_only_what_the_teacher_is_sure_of():
+    camvid = camvid_or_skip()
+    images, _ = load_splits(camvid, ["val"], limit=2)
+    teacher, _ = load_checkpoint_model(SHIPPED_CHECKPOINT)
+    amp = torch.autocast("cpu", enabled=False)
+    everything = train.pseudo_labels(teacher, images, 0.0, torch.contiguous_format, amp)
+    with torch.no_grad():
+        logits = torch.nn.functional.interpolate(teacher(preprocess_bgr(images)), size=(360, 480),
+                                                 mode="bilinear", align_corners=False)
+    assert torch.equal(everything, logits.argmax(1))
+    sure = train.pseudo_labels(teacher, images, 0.9, torch.contiguous_format, amp)
+    ignored = sure == TRAIN_IGNORE
+    assert 0 < ignored.float().mean() < 0.5  # a trained model is sure of most of a frame
+    assert torch.equal(sure[~ignored], everything[~ignored])
+    assert (train.pseudo_labels(teacher, images, 1.01, torch.contiguous_format, amp)
+            == TRAIN_IGNORE).all()
+
+
+def test_adapting_to_unlabelled_frames_trains_and_never_scores_them(tmp_path, capsys):
+    camvid = camvid_or_skip()
+    # Two val frames act as "the user's roads": used without labels, left out of val.
+    frames = tmp_path / "my_roads"
+    frames.mkdir()
+    for path in CamVid(camvid, "val").image_paths[:2]:
+        (frames / path.name).symlink_to(path)
+    common = ["--data", str(camvid), "--limit", "4", "--crop", "96", "128", "--batch-size", "2",
+              "--model-size", "small", "--threads", "2", "--no-progress", "--eval-every", "1",
+              "--epochs", "1", "--adapt", str(frames)]
+    out = tmp_path / "run"
+    assert train.main(train.parse_args(common + ["--ema", "0.9", "--out", str(out)])) == 0
+    printed = capsys.readouterr().out
+    assert "adapting to 2 unlabelled frames" in printed and "val 4 frames" in printed
+    record = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(record["loss"]) and 0 <= record["ema_val_miou"] <= 1
+    kept = load_splits(camvid, ["val"], exclude_names={p.name for p in frames.iterdir()})[0]
+    assert len(kept) == len(CamVid(camvid, "val")) - 2
+    # Export records the adaptation in the model's recipe.
+    onnx_path = tmp_path / "adapted.onnx"
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(out / "last.pt"), "--out", str(onnx_path), "--data", str(camvid)])) == 0
+    assert engines.load(onnx_path).info.details["provenance"]["recipe"]["adapt"] == str(frames)
+    # The evaluation skips the same frames when told to.
+    capsys.readouterr()
+    assert evaluate_cli.main(evaluate_cli.parse_args(
+        ["--model", str(onnx_path), "--data", str(camvid), "--exclude", str(frames),
+         "--limit", "3"])) == 0
+    assert "(2 skipped by --exclude)" in capsys.readouterr().out
+    # Without a teacher, or with nothing to read, one line and exit 2.
+    for extra in (["--out", str(tmp_path / "a")],
+                  ["--ema", "0.9", "--out", str(tmp_path / "b"), "--adapt", str(tmp_path / "none")]):
+        assert train.main(train.parse_args(common + extra)) == 2
+        assert capsys.readouterr().out.strip().count("\n") == 0
 
 
 def test_export_round_trip_and_metadata(tiny_run, tmp_path):

@@ -328,3 +328,29 @@ class CopyPaste:
                 target[mask] = patch_chw.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).to(
                     images.device)[mask]
                 labels[i, top:top + ph, left:left + pw][mask] = class_id
+
+
+def class_mix(source_images: torch.Tensor, source_labels: torch.Tensor,
+              target_images: torch.Tensor, target_labels: torch.Tensor, ignore: int,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ClassMix (Olsson et al., 2021), as DACS uses it for adaptation: half of the classes of
+    each labelled source crop, drawn at random, are cut out where they stand and laid over an
+    unlabelled target crop; the labels are the source's where pasted and the target's pseudo-
+    labels elsewhere. Nothing moves, so every object keeps its size and place in the frame.
+
+    images: uint8 [B, H, W, 3]; labels: int64 [B, H, W] of the same crop size. Returns new
+    tensors.
+    """
+    mixed_images, mixed_labels = target_images.clone(), target_labels.clone()
+    for i in range(len(source_images)):
+        present = source_labels[i].unique()
+        present = present[present != ignore]
+        if len(present) == 0:
+            continue
+        # Half of the classes present (rounded up), in a random choice.
+        order = torch.randperm(len(present), generator=generator)
+        chosen = present[order[:(len(present) + 1) // 2].to(present.device)]
+        mask = torch.isin(source_labels[i], chosen)
+        mixed_images[i][mask] = source_images[i][mask]
+        mixed_labels[i][mask] = source_labels[i][mask]
+    return mixed_images, mixed_labels

@@ -21,17 +21,20 @@ from training.camvid import CamVid, DatasetError  # noqa: F401 - re-exported
 
 def load_splits(root: Path, splits: list[str], limit: int | None = None,
                 sequences: set[str] | None = None,
-                exclude: set[str] = frozenset()) -> tuple[torch.Tensor, torch.Tensor]:
+                exclude: set[str] = frozenset(),
+                exclude_names: set[str] = frozenset()) -> tuple[torch.Tensor, torch.Tensor]:
     """Images [N, H, W, 3] uint8 BGR and labels [N, H, W] uint8 of several splits, concatenated.
 
     `sequences` keeps only frames of those drives, `exclude` drops frames of those drives (a
-    drive-disjoint validation holds one training drive out); `limit` applies per split after both.
+    drive-disjoint validation holds one training drive out), `exclude_names` drops frames by
+    file name; `limit` applies per split after all three.
     """
     images, labels = [], []
     for split in splits:
         dataset = CamVid(root, split)
-        keep = [i for i, seq in enumerate(dataset.sequences())
-                if (sequences is None or seq in sequences) and seq not in exclude][:limit]
+        keep = [i for i, (seq, path) in enumerate(zip(dataset.sequences(), dataset.image_paths))
+                if (sequences is None or seq in sequences) and seq not in exclude
+                and path.name not in exclude_names][:limit]
         if not keep:
             continue
         images.append(dataset.load_images(indices=keep))

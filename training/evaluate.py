@@ -5,6 +5,7 @@ on labelled CamVid frames, with the one shared confusion matrix.
     python -m training.evaluate --model runs/base/best.pt --split val --json metrics.json
     python -m training.evaluate --corrupt all          # clean + each corruption, ratio to clean
     python -m training.evaluate --drives 0006R0 --split train    # one drive of a split
+    python -m training.evaluate ... --exclude 'frames/*.png'      # skip frames used by --adapt
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import engines
 from engines.base import Engine, EngineError
+from engines.frames import listed_names
 from engines.metrics import evaluate_engine, format_table
 from training.camvid import CamVid, DatasetError
 from training.corruptions import CORRUPTIONS, corrupt_frames
@@ -34,14 +36,17 @@ def main(args: argparse.Namespace) -> int:
 
 def score(engine: Engine, dataset: CamVid, args: argparse.Namespace) -> int:
     """Clean metrics, then each asked-for corruption, printed and optionally written as JSON."""
-    keep = [i for i, drive in enumerate(dataset.sequences()) if not args.drives or drive in args.drives]
+    skipped = listed_names(args.exclude)
+    chosen = [i for i, drive in enumerate(dataset.sequences()) if not args.drives or drive in args.drives]
+    keep = [i for i in chosen if dataset.image_paths[i].name not in skipped]
     if not keep:
         print(f"error: no frames of drives {args.drives} in CamVid {args.split} (it has "
               f"{sorted(set(dataset.sequences()))})", file=sys.stderr)
         return 2
     images = dataset.load_images(args.limit, indices=keep)
     labels = dataset.load_labels(args.limit, indices=keep)
-    where = f"CamVid {args.split}{f' drives {args.drives}' if args.drives else ''}, {len(images)} frames"
+    where = (f"CamVid {args.split}{f' drives {args.drives}' if args.drives else ''}, {len(images)} "
+             f"frames{f' ({len(chosen) - len(keep)} skipped by --exclude)' if skipped else ''}")
     summary = evaluate_engine(engine, images, labels, args.batch_size)
     summary.update(model=str(args.model), backend=engine.info.backend,
                    precision=engine.info.precision, split=args.split, drives=args.drives,
@@ -76,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="val")
     parser.add_argument("--drives", nargs="*", default=[], metavar="DRIVE",
                         help="score only these drives of the split (e.g. the held-out 0006R0)")
+    parser.add_argument("--exclude", default=None, metavar="SOURCE",
+                        help="skip the frames this folder or quoted glob lists (by file name), "
+                             "e.g. those a model adapted to with training.train --adapt")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--corrupt", choices=[*CORRUPTIONS, "all"], default=None,

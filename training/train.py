@@ -6,6 +6,8 @@
     python -m training.train ... --init runs/base/last.pt --lr 2e-3   # warm restart: weights only,
                                                                       # fresh optimizer + schedule
     python -m training.train ... --teacher runs/large/last.pt         # distil a large model into this one
+    python -m training.train ... --init runs/base/last.pt --ema 0.99 --adapt my_drive.mp4
+                                              # adapt to your roads from unlabelled video (DACS)
 
 Writes <out>/last.pt every epoch and <out>/best.pt on a new best val mIoU, plus log.jsonl.
 """
@@ -24,16 +26,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from engines.labels import (CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, ROADSEG_CLASSES,
                             TRAIN_IGNORE, classes_to_json)
 from engines.metrics import ConfusionMatrix, format_table
-from training.augment import (CopyPaste, RealHoods, RobustAugment, expected_hood_share,
-                              paint_hood)
+from training.augment import (CopyPaste, RealHoods, RobustAugment, class_mix,
+                              expected_hood_share, paint_hood)
 from training.data import (augment_batch, class_weights, iterate_batches, load_splits,
                            void_to_train_labels)
 from engines.checkpoint import load_checkpoint_model, total_epochs
+from engines.frames import FramesError, listed_names, sample_frames
 from engines.contract import DEFAULT_INPUT_SIZE
 from engines.contract_wrapper import preprocess_bgr
 from engines.roadsegnet import RoadSegNet, build_model, count_parameters
@@ -126,6 +130,41 @@ def robust_batch(images: torch.Tensor, labels: torch.Tensor, augment: RobustAugm
     return (rgb * 255).round().to(torch.uint8).flip(1).permute(0, 2, 3, 1), labels
 
 
+@torch.no_grad()
+def pseudo_labels(teacher: nn.Module, images: torch.Tensor, threshold: float,
+                  memory_format: torch.memory_format, amp: torch.autocast) -> torch.Tensor:
+    """The teacher's classes for uint8 BGR NHWC crops, int64 [B, H, W]; pixels it is less
+    sure of than `threshold` (top softmax probability) are ignored."""
+    teacher.eval()
+    inputs = preprocess_bgr(images).contiguous(memory_format=memory_format)
+    with amp:
+        logits = teacher(inputs)
+    logits = F.interpolate(logits.float(), size=images.shape[1:3], mode="bilinear",
+                           align_corners=False)
+    confidence, labels = logits.softmax(1).max(1)
+    labels[confidence < threshold] = TRAIN_IGNORE
+    return labels
+
+
+def adaptation_batch(teacher: nn.Module, target_frames: torch.Tensor, source_images: torch.Tensor,
+                     source_labels: torch.Tensor, crop: tuple[int, int], args: argparse.Namespace,
+                     generator: torch.Generator, memory_format: torch.memory_format,
+                     amp: torch.autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """DACS (Tranheden et al., 2021): unlabelled crops of the user's roads, pseudo-labelled by
+    the weight average, with half the classes of the labelled source crops mixed in."""
+    index = torch.randint(len(target_frames), (len(source_images),), generator=generator)
+    frames = target_frames[index]
+    # Same scale/crop/flip/jitter as the source; the crop's padding becomes ignore.
+    blank = torch.zeros(frames.shape[:3], dtype=torch.uint8, device=frames.device)
+    target_images, padding = augment_batch(frames, blank, crop, tuple(args.scale), generator,
+                                           TRAIN_IGNORE, tuple(args.aspect))
+    target_images = target_images.to(source_images.device)
+    target_labels = pseudo_labels(teacher, target_images, args.adapt_threshold, memory_format, amp)
+    target_labels[padding.to(target_labels.device) == TRAIN_IGNORE] = TRAIN_IGNORE
+    return class_mix(source_images, source_labels, target_images, target_labels, TRAIN_IGNORE,
+                     generator)
+
+
 def faster_autocast(model: RoadSegNet, images: torch.Tensor, labels: torch.Tensor,
                     weights: torch.Tensor, args: argparse.Namespace) -> str:
     """"bf16" or "none", whichever makes a forward + backward pass faster here, timed on one
@@ -156,8 +195,11 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
                     real_hoods: RealHoods | None = None,
                     teacher: RoadSegNet | None = None,
                     copy_paste: CopyPaste | None = None,
-                    ema: torch.optim.swa_utils.AveragedModel | None = None) -> float:
-    """One pass over the training frames; returns the mean loss (distillation term included)."""
+                    ema: torch.optim.swa_utils.AveragedModel | None = None,
+                    target_frames: torch.Tensor | None = None) -> float:
+    """One pass over the training frames; returns the mean loss (distillation and adaptation
+    terms included). With `target_frames` every step also trains on a batch of them mixed
+    with the source crops and pseudo-labelled by the weight average `ema`."""
     model.train()
     batches = iterate_batches(len(images), args.batch_size, generator)
     steps_per_epoch = len(batches)
@@ -183,13 +225,26 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
         # Rare objects pasted before the weather, so rain and night fall on them too.
         if copy_paste is not None:
             copy_paste.paste(batch_images, batch_labels, generator)
+        # Adaptation: a second half-batch of the user's frames with source classes mixed in,
+        # made before the weather so night and rain fall on both.
+        labelled = len(batch_images)
+        if target_frames is not None:
+            mixed_images, mixed_labels = adaptation_batch(
+                ema.module, target_frames, batch_images, batch_labels, crop, args, generator,
+                memory_format, amp)
+            batch_images = torch.cat([batch_images, mixed_images])
+            batch_labels = torch.cat([batch_labels, mixed_labels])
         batch_images, batch_labels = robust_batch(batch_images, batch_labels, augment, args.hood,
                                                   generator, real_hoods)
         # Forward in bf16 where asked (the loss in fp32), backward, step.
         inputs = preprocess_bgr(batch_images).contiguous(memory_format=memory_format)
         with amp:
             outputs = model(inputs)
-        loss = segmentation_loss(tuple(o.float() for o in outputs), batch_labels, weights)
+        loss = segmentation_loss(tuple(o[:labelled].float() for o in outputs),
+                                 batch_labels[:labelled], weights)
+        if target_frames is not None:
+            loss = loss + args.adapt_weight * segmentation_loss(
+                tuple(o[labelled:].float() for o in outputs), batch_labels[labelled:], weights)
         # Distillation: the teacher sees the same augmented crops and the student matches its
         # class distributions at the logits' own 1/4 resolution (cheap, and where both predict).
         if teacher is not None:
@@ -253,13 +308,31 @@ def main(args: argparse.Namespace) -> int:
     # Data: the whole split in memory; on a GPU keep it there so augmentation runs there too.
     # A held-out drive leaves training and becomes the drive-disjoint validation.
     held_out = set(args.holdout)
+    if args.adapt is not None and args.ema <= 0:
+        print("error: --adapt needs --ema DECAY: the weight average is the teacher that labels "
+              "the unlabelled frames (e.g. --ema 0.99)")
+        return 2
     train_images, train_labels = load_splits(args.data, args.splits, args.limit, exclude=held_out)
     # Void is ignored; the real hood becomes the ego class (or is ignored too, without labels).
     void_to_train_labels(train_labels, CAMVID_VOID,
                          EGO_CLASS.id if args.hood_labels else TRAIN_IGNORE, TRAIN_IGNORE)
-    validations = {"val": load_splits(args.data, ["val"], args.limit)}
+    # Frames used without labels by --adapt are never scored.
+    unlabelled = listed_names(args.adapt)
+    validations = {"val": load_splits(args.data, ["val"], args.limit, exclude_names=unlabelled)}
     if held_out:
-        validations["holdout"] = load_splits(args.data, args.splits, args.limit, sequences=held_out)
+        validations["holdout"] = load_splits(args.data, args.splits, args.limit, sequences=held_out,
+                                             exclude_names=unlabelled)
+    target_frames = None
+    if args.adapt is not None:
+        try:
+            target_frames = torch.from_numpy(sample_frames(args.adapt, args.adapt_frames,
+                                                           DEFAULT_INPUT_SIZE)).to(args.device)
+        except FramesError as error:
+            print(f"error: --adapt {args.adapt}: {error}")
+            return 2
+        print(f"adapting to {len(target_frames)} unlabelled frames of {args.adapt}; validations "
+              "without them: " + ", ".join(f"{name} {len(images)} frames"
+                                           for name, (images, _) in validations.items()))
     if args.device != "cpu":
         train_images, train_labels = train_images.to(args.device), train_labels.to(args.device)
     weights = class_weights(train_labels, len(CAMVID_CLASSES))
@@ -331,7 +404,8 @@ def main(args: argparse.Namespace) -> int:
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
         loss = train_one_epoch(model, optimizer, train_images, train_labels, weights, args,
-                               epoch, generator, augment, real_hoods, teacher, copy_paste, ema)
+                               epoch, generator, augment, real_hoods, teacher, copy_paste, ema,
+                               target_frames)
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss, "crop": crop_for_epoch(args, epoch),
                                   "seconds": time.perf_counter() - started}
         # A diverged step must not overwrite the last good checkpoint.
@@ -424,6 +498,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                         help="keep an exponential moving average of the weights with this decay "
                              "per step (e.g. 0.999), evaluated and saved beside them")
+    parser.add_argument("--adapt", default=None, metavar="SOURCE",
+                        help="unlabelled frames of the roads to adapt to (a video, an image folder "
+                             "or a quoted glob); needs --ema, whose weights label them (DACS)")
+    parser.add_argument("--adapt-frames", type=int, default=300,
+                        help="frames taken evenly from --adapt")
+    parser.add_argument("--adapt-weight", type=float, default=1.0,
+                        help="weight of the loss on the mixed, pseudo-labelled crops")
+    parser.add_argument("--adapt-threshold", type=float, default=0.9,
+                        help="pseudo-labels less sure than this (softmax) are ignored")
     parser.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
                         help="bf16 autocast, or none; auto times one step of each and keeps "
                              "the faster (bf16 helps with AMX, hurts on some CPUs without)")
