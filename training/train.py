@@ -64,7 +64,7 @@ def poly_lr(base_lr: float, step: int, total: int, warmup: int) -> float:
 
 
 def segmentation_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor,
-                      weights: torch.Tensor) -> torch.Tensor:
+                      weights: torch.Tensor | None) -> torch.Tensor:
     """Class-weighted cross-entropy on the main head plus the auxiliary heads; void ignored.
 
     The main logits are upsampled to the label size so thin objects are supervised at full
@@ -242,9 +242,11 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
             outputs = model(inputs)
         loss = segmentation_loss(tuple(o[:labelled].float() for o in outputs),
                                  batch_labels[:labelled], weights)
+        # Pseudo-labels go unweighted (as in DACS): the class weights would multiply the
+        # teacher's road-as-pavement mistakes (measured: the weighted form drifted there).
         if target_frames is not None:
             loss = loss + args.adapt_weight * segmentation_loss(
-                tuple(o[labelled:].float() for o in outputs), batch_labels[labelled:], weights)
+                tuple(o[labelled:].float() for o in outputs), batch_labels[labelled:], None)
         # Distillation: the teacher sees the same augmented crops and the student matches its
         # class distributions at the logits' own 1/4 resolution (cheap, and where both predict).
         if teacher is not None:
