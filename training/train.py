@@ -65,7 +65,8 @@ def poly_lr(base_lr: float, step: int, total: int, warmup: int) -> float:
 
 def segmentation_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor,
                       weights: torch.Tensor | None) -> torch.Tensor:
-    """Class-weighted cross-entropy on the main head plus the auxiliary heads; void ignored.
+    """Class-weighted (or, with `weights` None, plain) cross-entropy on the main head plus the
+    auxiliary heads; void ignored.
 
     The main logits are upsampled to the label size so thin objects are supervised at full
     detail. The auxiliary heads only steer the deep features, so they are scored against the
@@ -225,7 +226,7 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
         # Rare objects pasted before the weather, so rain and night fall on them too.
         if copy_paste is not None:
             copy_paste.paste(batch_images, batch_labels, generator)
-        # Adaptation: a second half-batch of the user's frames with source classes mixed in,
+        # Adaptation: a second batch, of the user's frames with source classes mixed in,
         # made before the weather so night and rain fall on both.
         labelled = len(batch_images)
         if target_frames is not None:
@@ -507,8 +508,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="frames taken evenly from --adapt")
     parser.add_argument("--adapt-weight", type=float, default=1.0,
                         help="weight of the loss on the mixed, pseudo-labelled crops")
-    parser.add_argument("--adapt-threshold", type=float, default=0.9,
-                        help="pseudo-labels less sure than this (softmax) are ignored")
+    parser.add_argument("--adapt-threshold", type=float, default=0.968,
+                        help="pseudo-labels less sure than this (softmax) are ignored (DACS's 0.968)")
     parser.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
                         help="bf16 autocast, or none; auto times one step of each and keeps "
                              "the faster (bf16 helps with AMX, hurts on some CPUs without)")
