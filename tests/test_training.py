@@ -291,6 +291,20 @@ def test_adapting_to_unlabelled_frames_trains_and_never_scores_them(tmp_path, ca
         assert capsys.readouterr().out.strip().count("\n") == 0
 
 
+def test_unweighted_cross_entropy_trains_and_is_recorded(tmp_path):
+    camvid = camvid_or_skip()
+    out = tmp_path / "run"
+    assert train.main(train.parse_args(
+        ["--data", str(camvid), "--limit", "2", "--crop", "96", "128", "--batch-size", "2",
+         "--model-size", "small", "--threads", "2", "--no-progress", "--epochs", "1",
+         "--class-weights", "none", "--out", str(out)])) == 0
+    assert np.isfinite(json.loads((out / "log.jsonl").read_text().splitlines()[-1])["loss"])
+    onnx_path = tmp_path / "plain.onnx"
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(out / "last.pt"), "--out", str(onnx_path), "--data", str(camvid)])) == 0
+    assert engines.load(onnx_path).info.details["provenance"]["recipe"]["class_weights"] == "none"
+
+
 def test_export_round_trip_and_metadata(tiny_run, tmp_path):
     camvid = camvid_or_skip()
     net, _ = load_checkpoint_model(tiny_run[0] / "best.pt")

@@ -29,7 +29,7 @@ from training.camvid import CamVid
 # Training arguments an exported model records as its recipe.
 RECIPE_KEYS = ("lr", "batch_size", "crop", "scale", "seed", "final_crop", "final_epochs", "robust",
                "hood", "amp", "holdout", "hood_labels", "real_hood", "aspect", "copy_paste", "ema",
-               "adapt", "adapt_frames", "adapt_weight", "adapt_threshold")
+               "adapt", "adapt_frames", "adapt_weight", "adapt_threshold", "class_weights")
 DISTILL_KEYS = ("teacher", "distill_weight", "distill_temperature")
 
 

@@ -167,7 +167,7 @@ def adaptation_batch(teacher: nn.Module, target_frames: torch.Tensor, source_ima
 
 
 def faster_autocast(model: RoadSegNet, images: torch.Tensor, labels: torch.Tensor,
-                    weights: torch.Tensor, args: argparse.Namespace) -> str:
+                    weights: torch.Tensor | None, args: argparse.Namespace) -> str:
     """"bf16" or "none", whichever makes a forward + backward pass faster here, timed on one
     batch on a copy of the model (its BatchNorm statistics stay untouched, so a resumed run
     continues exactly). bf16 autocast was 1.7x faster on CPUs with AMX and 2x slower on a Xeon
@@ -191,7 +191,7 @@ def faster_autocast(model: RoadSegNet, images: torch.Tensor, labels: torch.Tenso
 
 
 def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                    labels: torch.Tensor, weights: torch.Tensor, args: argparse.Namespace,
+                    labels: torch.Tensor, weights: torch.Tensor | None, args: argparse.Namespace,
                     epoch: int, generator: torch.Generator, augment: RobustAugment,
                     real_hoods: RealHoods | None = None,
                     teacher: RoadSegNet | None = None,
@@ -346,6 +346,8 @@ def main(args: argparse.Namespace) -> int:
     pasted_share = real_hoods.expected_share()
     ego_weight = 1.0 / math.log(1.02 + expected_hood_share(args.hood) + real_hood_share + pasted_share)
     weights = torch.cat([weights, torch.tensor([ego_weight])]).to(args.device)
+    if args.class_weights == "none":
+        weights = None
     augment = RobustAugment(args.robust)
     copy_paste = None
     if args.copy_paste > 0:
@@ -501,6 +503,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                         help="keep an exponential moving average of the weights with this decay "
                              "per step (e.g. 0.999), evaluated and saved beside them")
+    parser.add_argument("--class-weights", choices=["enet", "none"], default="enet",
+                        help="weigh the labelled cross-entropy by ENet's 1/ln(1.02 + class share), "
+                             "or not at all")
     parser.add_argument("--adapt", default=None, metavar="SOURCE",
                         help="unlabelled frames of the roads to adapt to (a video, an image folder "
                              "or a quoted glob); needs --ema, whose weights label them (DACS)")
