@@ -38,12 +38,13 @@ def list_images(source: str | Path) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(str(source)) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _is_video(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES
+
+
 def listed_names(source: str | Path | None) -> set[str]:
     """File names of the images a folder or glob lists; a video (or nothing) lists none."""
-    if source is None:
-        return set()
-    path = Path(source)
-    if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+    if source is None or _is_video(Path(source)):
         return set()
     return {image.name for image in list_images(source)}
 
@@ -56,7 +57,7 @@ def sample_frames(source: str | Path, count: int, size: tuple[int, int]) -> np.n
     """
     height, width = size
     path = Path(source)
-    if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+    if _is_video(path):
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
             raise FramesError(f"{path} is not a readable video")
