@@ -40,12 +40,15 @@ import engines
 from engines.base import EngineError
 from engines.files import write_atomically
 from engines.frame_fit import content_labels, to_input
+from engines.hood import HoodFinder, ego_label, hood_from_spec, profile_mask
 from realtime.render import Palette, overlay, parse_class_selection
 from realtime.sinks import SinkError, VideoSink
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts")
 DECODE_CPUS = 0.5  # a decode task is lighter than inference
 PRESENT_SHARE = 0.0005  # an object class counts as present above 0.05 % of the frame
+HOOD_SECONDS = 30.0  # --hood auto looks for the hood in this much of each recording's start
+HOOD_RATE = 10.0  # frames a second it looks at
 
 
 def is_url(spec: str) -> bool:
@@ -136,6 +139,28 @@ def probe(video: Path | str) -> tuple[int, float]:
         capture.release()
 
 
+def find_video_hood(video: Path | str, fps: float, spec: str) -> list[float] | None:
+    """One recording's hood profile (engines.hood) for every frame of it: `--hood FRACTION` as
+    given; `auto` found from the first HOOD_SECONDS, read at HOOD_RATE; None for none or off."""
+    hood = hood_from_spec(spec)
+    if isinstance(hood, HoodFinder):
+        every = max(1, round(fps / HOOD_RATE))
+        capture = cv2.VideoCapture(local_copy(str(video)), cv2.CAP_FFMPEG)
+        try:
+            for index in range(int(HOOD_SECONDS * fps)):
+                # Frames it skips are only demuxed and decoded, not converted to BGR.
+                ok, image = capture.read() if index % every == 0 else (capture.grab(), None)
+                if not ok:
+                    break
+                if image is not None:
+                    hood.add(image)
+        finally:
+            capture.release()
+        hood.settle()
+    profile = hood.profile() if hood is not None else None
+    return None if profile is None else [round(float(top), 4) for top in profile]
+
+
 def quiet_opencv() -> None:
     """OpenCV's FFmpeg warnings would flood the job's output; failures are reported instead."""
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -168,16 +193,19 @@ class Segmenter:
     """Ray actor: one engine for its lifetime; labels, class shares and the overlay per frame."""
 
     def __init__(self, model: str, backend: str, threads: int | None, video: bool,
-                 classes: str) -> None:
+                 classes: str, hoods: dict[str, list[float]] | None = None) -> None:
         self.engine = engines.load(model, backend, threads=threads, spin=False)
         self.classes = self.engine.info.classes
+        self.hoods = hoods or {}  # video → hood profile, for the videos that show one
+        self.ego = ego_label(self.classes)
+        self.masks: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self.palette = Palette.build(self.classes, parse_class_selection(classes, self.classes))
         self.video = video
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         height, width = self.engine.info.input_size
         shares, overlays = [], []
-        for image, error in zip(batch["image"], batch["error"], strict=True):
+        for video, image, error in zip(batch["video"], batch["image"], batch["error"], strict=True):
             if error:  # an error row passes through
                 shares.append(np.zeros(len(self.classes), np.float32))
                 overlays.append(np.zeros((1, 1, 3), np.uint8))
@@ -186,6 +214,7 @@ class Segmenter:
             info = self.engine.info
             labels = self.engine.infer(to_input(image, (height, width), info.resize)[None])[0]
             labels = content_labels(labels, image.shape[:2], info.input_size, info.resize)
+            labels = self.without_hood(str(video), labels)
             counts = np.bincount(labels.ravel(), minlength=len(self.classes))[:len(self.classes)]
             shares.append((counts / labels.size).astype(np.float32))
             overlays.append(overlay(image, labels, self.palette) if self.video else np.zeros((1, 1, 3), np.uint8))
@@ -195,12 +224,25 @@ class Segmenter:
         return out
 
 
+    def without_hood(self, video: str, labels: np.ndarray) -> np.ndarray:
+        """The labels with the recording's hood set to the ego label (as the live app does)."""
+        profile = self.hoods.get(video)
+        if profile is None:
+            return labels
+        key = (video, labels.shape)
+        if key not in self.masks:
+            self.masks[key] = profile_mask(profile, *labels.shape[:2])
+        return np.where(self.masks[key], np.asarray(self.ego, labels.dtype), labels)
+
+
 class VideoWriterSet:
     """The driver's per-video outputs: rows for the Parquet table, the overlay video, all
     written to temporary names and renamed when the video is complete."""
 
-    def __init__(self, video: str, folder: Path, classes: list, fps: float, with_video: bool):
+    def __init__(self, video: str, folder: Path, classes: list, fps: float, with_video: bool,
+                 hood: list[float] | None = None):
         self.video, self.folder, self.classes = video, folder, classes
+        self.hood_share = float(np.mean(1.0 - np.asarray(hood))) if hood else 0.0
         folder.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         self.sink = VideoSink(folder / ".overlay.partial.mp4", fps) if with_video else None
@@ -234,6 +276,7 @@ class VideoWriterSet:
         os.replace(partial, self.folder / "frames.parquet")
         summary = {"video": str(self.video), "frames": len(self.rows), "seconds": round(seconds, 3),
                    "drivable_share_mean": float(np.mean([r["drivable_share"] for r in self.rows])),
+                   "hood_share": round(self.hood_share, 4),
                    "overlay": "overlay.mp4" if self.sink is not None else None}
         write_json(self.folder / "summary.json", summary)
         return summary
@@ -274,6 +317,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     failures, skipped, items, planned = [], [], [], {}
+    hoods: dict[str, list[float]] = {}  # video → hood profile, for those that show one
     folders = output_dirs(args.out, videos)
     for video in videos:
         if (folders[str(video)] / "summary.json").exists():
@@ -285,10 +329,14 @@ def main(args: argparse.Namespace) -> int:
             failures.append({"video": str(video), "error": str(error)})
             continue
         planned[str(video)] = (frames, fps)
+        hood = find_video_hood(video, fps, args.hood)
+        if hood is not None:
+            hoods[str(video)] = hood
         items += [{"video": str(video), "start": start, "stop": min(frames, start + args.chunk),
                    "frames": frames, "fps": fps} for start in range(0, frames, args.chunk)]
     print(f"{len(videos)} videos: {len(planned)} to do ({sum(f for f, _ in planned.values())} frames "
-          f"in {len(items)} ranges), {len(skipped)} already done, {len(failures)} unreadable",
+          f"in {len(items)} ranges), {len(skipped)} already done, {len(failures)} unreadable"
+          f"{f'; a hood in {len(hoods)} (labelled ego, --hood {args.hood})' if hoods else ''}",
           file=sys.stderr)
     results: dict[str, Any] = {}
     if items:
@@ -307,9 +355,9 @@ def main(args: argparse.Namespace) -> int:
                    .map_batches(Segmenter, batch_size=args.batch,
                                 fn_constructor_kwargs={"model": str(args.model), "backend": args.backend,
                                                        "threads": args.threads, "video": not args.no_video,
-                                                       "classes": args.classes},
+                                                       "classes": args.classes, "hoods": hoods},
                                 compute=ray.data.ActorPoolStrategy(size=args.actors), **per_actor))
-        results = write_outputs(dataset, planned, classes, args, failures, folders)
+        results = write_outputs(dataset, planned, classes, args, failures, folders, hoods)
         ray.shutdown()
     seconds = time.perf_counter() - started
     frames_done = sum(r["frames"] for r in results.values())
@@ -328,7 +376,7 @@ def main(args: argparse.Namespace) -> int:
 
 def write_outputs(dataset: Any, planned: dict[str, tuple[int, float]], classes: list,
                   args: argparse.Namespace, failures: list[dict[str, str]],
-                  folders: dict[str, Path]) -> dict[str, Any]:
+                  folders: dict[str, Path], hoods: dict[str, list[float]]) -> dict[str, Any]:
     """Consume the ordered rows and write every video's files; returns their summaries."""
     results, current, started = {}, None, time.perf_counter()
     broken: set[str] = set()
@@ -342,7 +390,7 @@ def write_outputs(dataset: Any, planned: dict[str, tuple[int, float]], classes: 
                 results[str(current.video)] = current.finish(time.perf_counter() - started)
             started = time.perf_counter()
             current = VideoWriterSet(video, folders[video], classes, planned[video][1],
-                                     not args.no_video)
+                                     not args.no_video, hoods.get(video))
         if row["error"]:
             failures.append({"video": video, "error": row["error"]})
             current.abandon()
@@ -375,8 +423,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help="frames per actor call")
     parser.add_argument("--classes", default="drivable,objects", help="what the overlay shows")
     parser.add_argument("--no-video", action="store_true", help="skip the overlaid videos")
+    parser.add_argument("--hood", default="auto", metavar="auto|off|FRACTION",
+                        help="the car's own hood, labelled ego and never painted: auto (found from "
+                             "the motion in each recording's first 30 s), off, or the bottom FRACTION "
+                             "of the frame (0.12)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.actors < 1 or args.chunk < 1 or args.batch < 1 or args.threads < 1:
         parser.error("--actors, --chunk, --batch and --threads must be at least 1")
+    try:
+        hood_from_spec(args.hood)
+    except ValueError as error:
+        parser.error(str(error))
     return args

@@ -21,6 +21,7 @@ import numpy as np
 import engines
 from engines.base import EngineError
 from engines.files import write_atomically
+from engines.hood import HOOD_HELP, hood_from_spec
 from realtime.pipeline import Pipeline, PipelineError, PipelineOptions, StopReason
 from realtime.render import parse_class_selection
 from realtime.sinks import (MetricsSink, SinkError, VideoSink, Window, check_writable,
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--no-outline", dest="outline", action="store_false")
     view.add_argument("--no-hud", dest="hud", action="store_false")
     view.add_argument("--no-legend", dest="legend", action="store_false")
+    view.add_argument("--hood", default="auto", metavar="auto|off|FRACTION", help=HOOD_HELP)
 
     out = parser.add_argument_group("output")
     shows = out.add_mutually_exclusive_group()
@@ -227,6 +229,10 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
     if args.fps is not None and not (math.isfinite(args.fps) and 0 < args.fps <= MAX_FPS):
         raise SourceError(f"--fps {args.fps}: give a frame rate above 0 and at most {MAX_FPS}")
     check_outputs(args)
+    try:
+        hood_from_spec(args.hood)
+    except ValueError as error:
+        raise SourceError(str(error)) from None
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise SourceError(f"--timeout {args.timeout}: give seconds above 0")
     source = open_source(args.video, args.camera, args.images, args.loop, args.fps,
@@ -286,7 +292,7 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         window = Window(f"roadseg - {source.name}") if show else None
         options = PipelineOptions(pace=pace, max_frames=args.max_frames, alpha=args.alpha,
                                   shown_ids=shown, outline=args.outline, hud=args.hud,
-                                  legend=args.legend, workers=workers)
+                                  legend=args.legend, workers=workers, hood=args.hood)
         return Pipeline(source, engine, options, sinks=sinks, window=window)
     except BaseException:
         for resource in opened:
@@ -397,6 +403,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{info.backend} {info.precision} {info.input_width}x{info.input_height} on "
               f"{pipeline.source.name}; stopped: {pipeline.stop_reason.value}", file=sys.stderr)
         print(format_summary(summary), file=sys.stderr)
+        if summary["hood"]["share"]:
+            print(f"hood: {100 * summary['hood']['share']:.1f} % of the frame labelled as the car's own "
+                  f"(--hood {args.hood})", file=sys.stderr)
         video = summary.get("video")
         if video:
             width, height = video["size"] or (0, 0)

@@ -14,6 +14,7 @@ Threading rules (../shared/DESIGN.md):
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -26,10 +27,13 @@ import numpy as np
 
 from engines.base import Engine, EngineError
 from engines.frame_fit import content_labels, to_input
+from engines.hood import FixedHood, HoodFinder, apply_hood, ego_label, hood_from_spec
 from realtime.render import Palette, draw_hud, make_legend, overlay, paste_legend
 from realtime.sinks import Sink, SinkError, Window
 from realtime.sources import Source, SourceError, block_signals, wait_until
 from realtime.telemetry import RateMeter, RunRecorder, StageTimer, name_os_thread
+
+log = logging.getLogger(__name__)
 
 POLL_S = 0.05  # how often blocked threads look at the stop flag: bounds shutdown time
 END = object()  # end-of-stream marker passed down the channels
@@ -130,6 +134,8 @@ class RenderState:
 
     infer_meter: RateMeter = field(default_factory=RateMeter)
     legend: np.ndarray | None = None
+    hood: HoodFinder | FixedHood | None = None
+    hood_reported: float = 0.0  # the hood share last logged
 
 
 @dataclass
@@ -144,6 +150,7 @@ class PipelineOptions:
     warmup: int = 5
     queue_size: int = 4
     workers: int = 1  # inference threads; >1 needs an engine whose infer() is thread-safe
+    hood: str = "auto"  # the car's own hood: auto, off or a bottom fraction (engines.hood)
 
 
 class Pipeline:
@@ -160,6 +167,8 @@ class Pipeline:
         self.stop_reason: StopReason | None = None
         self.palette = Palette.build(engine.info.classes, options.shown_ids)
         self.max_class_id = max(c.id for c in engine.info.classes)
+        self.ego_label = ego_label(engine.info.classes)
+        self.hood: HoodFinder | FixedHood | None = None  # the render thread's, kept for the summary
         self.frames_in = self.channel_in()
         self.results = BoundedChannel(2)
         self.rendered = BoundedChannel(2)
@@ -306,7 +315,9 @@ class Pipeline:
     def _render(self) -> None:
         pending: dict[int, Packet] = {}  # frames that overtook an earlier one (workers > 1)
         next_sequence = 0
-        state = RenderState()
+        # 15 frames a second are plenty to find the hood; more would only cost render time.
+        state = RenderState(hood=hood_from_spec(self.options.hood, every=max(1, round(self.source.fps / 15))))
+        self.hood = state.hood
         for packet in self._items(self.results):
             state.infer_meter.tick()
             # Restore capture order, then render every frame that is next in line.
@@ -322,6 +333,11 @@ class Pipeline:
         with render:
             labels = content_labels(packet.labels, packet.image.shape[:2], self.engine.info.input_size,
                                     self.engine.info.resize)
+            # The car's own hood (found from the motion so far) is never painted drivable.
+            if state.hood is not None:
+                state.hood.add(packet.image)
+                labels = apply_hood(labels, state.hood, self.ego_label)
+                self._report_hood(state)
             frame = overlay(packet.image, labels, self.palette, self.options.alpha,
                             self.options.outline, in_place=True)
             if self.options.hud:
@@ -339,6 +355,20 @@ class Pipeline:
         packet.timings.update(render=render.ms, render_cpu=render.cpu_ms)
         # Hand over to the output thread, so encoding the video overlaps the next overlay.
         self.rendered.put((packet, frame), self.stop_event)
+
+    @staticmethod
+    def _report_hood(state: RenderState) -> None:
+        """One log line when the found hood appears, changes by a point or more, or goes."""
+        share = state.hood.share() if state.hood is not None else 0.0
+        if abs(share - state.hood_reported) < 0.01 or isinstance(state.hood, FixedHood):
+            return
+        state.hood_reported = share
+        if share:
+            log.info("hood: the car's own hood covers %.1f %% of the frame (found from %d moving "
+                     "frames); labelled ego, not drivable (--hood off keeps the model's labels)",
+                     100 * share, state.hood.counted if state.hood else 0)
+        else:
+            log.info("hood: no longer found; the model's labels are shown as they are")
 
     def _output(self) -> None:
         display_meter = RateMeter()
@@ -395,7 +425,10 @@ class Pipeline:
         if self._error is not None:
             raise self._error
         stats = self.source.stats
-        return self.recorder.summary(self.dropped, stats.corrupt, stats.reopened)
+        summary = self.recorder.summary(self.dropped, stats.corrupt, stats.reopened)
+        summary["hood"] = {"mode": self.options.hood, "share": round(self.hood.share(), 4) if self.hood else 0.0,
+                           "frames_counted": self.hood.counted if self.hood else 0}
+        return summary
 
     def _close(self, engine_idle: bool) -> None:
         """Close sinks first (their files must be complete), then the source and the engine;

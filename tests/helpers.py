@@ -127,14 +127,15 @@ def camvid_or_skip() -> Path:
     return CAMVID
 
 
-def write_camvid_video(path: Path, frames: int, size: tuple[int, int] = (960, 540)) -> Path:
-    """The CamVid val clip (real dashcam frames) scaled to `size` and encoded as H.264, the way
-    dashcams store it; skips the test when CamVid is absent."""
+def write_camvid_video(path: Path, frames: int, size: tuple[int, int] = (960, 540),
+                       pattern: str = "val/*.png", fps: int = 15) -> Path:
+    """CamVid frames (by default the val clip: real dashcam frames at 15 Hz) scaled to `size`
+    and encoded as H.264, the way dashcams store it; skips the test when CamVid is absent."""
     import av
 
-    images = sorted((camvid_or_skip() / "val").glob("*.png"))[:frames]
+    images = sorted(camvid_or_skip().glob(pattern))[:frames]
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=15)
+        stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "20"}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import engines
-from helpers import REPO, contract_model, write_video
+from helpers import REPO, contract_model, write_camvid_video, write_video
 
 pq = pytest.importorskip("pyarrow.parquet", reason="the fleet extra is not installed")
 pytest.importorskip("ray", reason="the fleet extra (ray[data]) is not installed")
@@ -70,6 +70,23 @@ def test_three_videos_one_corrupt_then_a_rerun_does_nothing(tmp_path):
     again = run_fleet(str(inputs), "--out", str(out), "--model", str(model))
     rerun = json.loads((out / "job.json").read_text())
     assert rerun["done"] == 0 and len(rerun["skipped"]) == 3 and rerun["frames"] == 0, again.stderr
+
+
+def test_each_recording_gets_its_own_hood(tmp_path):
+    # CamVid drive 0001TP shows its car's hood (3.2 % of the frame), the val drive does not:
+    # the job finds the one and labels it EgoVehicle in every frame, and leaves the other alone.
+    inputs = tmp_path / "archive"
+    inputs.mkdir()
+    write_camvid_video(inputs / "hood.mp4", 62, (480, 360), "train/0001TP_*.png", fps=10)
+    write_camvid_video(inputs / "clear.mp4", 101, (480, 360))
+    out = tmp_path / "out"
+    result = run_fleet(str(inputs), "--out", str(out), "--no-video", "--actors", "1")
+    assert result.returncode == 0, result.stderr
+    assert "a hood in 1" in result.stderr
+    assert 0.025 <= json.loads((out / "hood" / "summary.json").read_text())["hood_share"] <= 0.045
+    assert json.loads((out / "clear" / "summary.json").read_text())["hood_share"] == 0.0
+    ego = pq.read_table(out / "hood" / "frames.parquet").to_pandas()["share_EgoVehicle"]
+    assert (ego >= 0.025).all(), ego.min()
 
 
 def test_no_videos_is_one_error_line(tmp_path):
