@@ -15,6 +15,7 @@ Threading rules (../shared/DESIGN.md):
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -316,7 +317,8 @@ class Pipeline:
         pending: dict[int, Packet] = {}  # frames that overtook an earlier one (workers > 1)
         next_sequence = 0
         # 15 frames a second are plenty to find the hood; more would only cost render time.
-        state = RenderState(hood=hood_from_spec(self.options.hood, every=max(1, round(self.source.fps / 15))))
+        fps = self.source.fps if math.isfinite(self.source.fps) else 30.0
+        state = RenderState(hood=hood_from_spec(self.options.hood, every=max(1, round(fps / 15))))
         self.hood = state.hood
         for packet in self._items(self.results):
             state.infer_meter.tick()
