@@ -59,6 +59,16 @@ def test_a_parked_car_counts_no_frames():
     assert hood.counted == 1 and not hood.found and hood.mask(360, 480) is None
 
 
+def test_stride_and_a_new_frame_size():
+    # `every` skips frames before any work; another frame size is another camera: start again.
+    frames = [cv2.imread(str(p)) for p in drive_frames(f"train/{HOOD_DRIVE}_*.png")[:20]]
+    hood = HoodFinder(every=2)
+    counted = [hood.add(frame) for frame in frames]
+    assert not any(counted[1::2]) and hood.counted <= 10
+    hood.add(cv2.resize(frames[0], (640, 360)))
+    assert hood.counted == 1 and not hood.found
+
+
 def test_spec_fixed_band_and_labels():
     assert isinstance(hood_from_spec("auto"), HoodFinder) and hood_from_spec("off") is None
     band = hood_from_spec("0.25")
