@@ -124,5 +124,7 @@ def test_reference_comparison_on_bdd_samples(tmp_path, capsys):
     frames = json.loads((tmp_path / "r.json").read_text())["frames"]
     assert len(frames) == 7
     assert all(0 <= f["road_recall"] <= 1 and f["reference_drivable"] > 0.02 for f in frames.values())
+    # IoU never exceeds recall (the union holds the whole reference area) and is positive here.
+    assert all(0 < f["drivable_iou"] <= f["road_recall"] for f in frames.values())
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
-    assert "lowest road recall" in capsys.readouterr().out
+    assert "road recall: lowest" in capsys.readouterr().out

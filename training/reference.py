@@ -7,6 +7,9 @@ The reference is TwinLiteNet (BDD100K-trained, ../shared/teachers/twinlitenet): 
 truth (BDD's drivable area is the lanes a car may use, CamVid's Road all road surface), but it
 finds the road at night and in snow and leaves the car's hood out. Per frame this reports:
 - `road_recall`: the share of the reference's drivable pixels that the model labels drivable;
+- `drivable_iou`: intersection over union of the two drivable areas. Recall alone rewards
+  painting more of the frame (walls, pavement, the hood); IoU does not, but it also counts road
+  outside the lanes BDD calls drivable against the model, so read the two together;
 - `bottom_drivable` / `reference_bottom_drivable`: the drivable share of the bottom tenth of
   the frame, where every one of these dashcams sees its own hood;
 - `ego_share`: the share of the frame the model labels as the ego vehicle, if it has the class.
@@ -67,6 +70,7 @@ def compare_frame(labels: np.ndarray, reference: np.ndarray, engine: Engine) -> 
     has_ego = any(c.name == EGO_CLASS.name for c in classes)
     return {
         "road_recall": float((drivable & reference).sum() / max(1, reference.sum())),
+        "drivable_iou": float((drivable & reference).sum() / max(1, (drivable | reference).sum())),
         "model_drivable": float(drivable.mean()),
         "reference_drivable": float(reference.mean()),
         "bottom_drivable": float(drivable[bottom].mean()),
@@ -117,8 +121,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     with engine:
         results, sheet_rows = compare_frames(engine, Reference(args.teacher), frames)
-    worst = min(r["road_recall"] for r in results.values())
-    print(f"lowest road recall {worst * 100:.1f}% over {len(results)} frames")
+    recalls = [r["road_recall"] for r in results.values()]
+    ious = [r["drivable_iou"] for r in results.values()]
+    print(f"road recall: lowest {min(recalls) * 100:.1f}%, mean {np.mean(recalls) * 100:.1f}%; "
+          f"drivable IoU: mean {np.mean(ious) * 100:.1f}% over {len(results)} frames")
     if args.sheet:
         cv2.imwrite(str(args.sheet), contact_sheet(sheet_rows))
         print(f"wrote {args.sheet} (left: {args.model}; right: reference drivable area)")
@@ -131,7 +137,8 @@ def compare_frames(engine: Engine, reference: Reference, frames: list[Path]
                    ) -> tuple[dict[str, Any], list[tuple[str, np.ndarray, np.ndarray]]]:
     """Per-frame figures (printed as they come) and the contact sheet's rows."""
     results, sheet_rows = {}, []
-    print(f"{'frame':<22}{'road recall %':>14}{'bottom drivable %':>19}{'ref bottom %':>14}{'ego %':>8}")
+    print(f"{'frame':<22}{'road recall %':>14}{'IoU %':>7}{'bottom drivable %':>19}{'ref bottom %':>14}"
+          f"{'ego %':>8}")
     for path in frames:
         # Both models on the same frame, then the figures and the two overlays.
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -139,8 +146,8 @@ def compare_frames(engine: Engine, reference: Reference, frames: list[Path]
         truth = reference.drivable(image)
         results[path.name] = row = compare_frame(labels, truth, engine)
         ego = "-" if row["ego_share"] is None else f"{row['ego_share'] * 100:.1f}"
-        print(f"{path.stem:<22}{row['road_recall'] * 100:>14.1f}{row['bottom_drivable'] * 100:>19.1f}"
-              f"{row['reference_bottom_drivable'] * 100:>14.1f}{ego:>8}")
+        print(f"{path.stem:<22}{row['road_recall'] * 100:>14.1f}{row['drivable_iou'] * 100:>7.1f}"
+              f"{row['bottom_drivable'] * 100:>19.1f}{row['reference_bottom_drivable'] * 100:>14.1f}{ego:>8}")
         ours = blend_classes(image, labels, engine)
         theirs = image.copy()
         theirs[truth] = (0.5 * theirs[truth] + 0.5 * np.array([0, 200, 0])).astype(np.uint8)
