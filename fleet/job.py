@@ -141,11 +141,17 @@ def probe(video: Path | str) -> tuple[int, float]:
 
 def find_video_hood(video: Path | str, fps: float, spec: str) -> list[float] | None:
     """One recording's hood profile (engines.hood) for every frame of it: `--hood FRACTION` as
-    given; `auto` found from the first HOOD_SECONDS, read at HOOD_RATE; None for none or off."""
+    given; `auto` found from the first HOOD_SECONDS, read at HOOD_RATE; None for none or off
+    (and for a recording that cannot be fetched again: its decode then reports the failure)."""
+    quiet_opencv()
     hood = hood_from_spec(spec)
     if isinstance(hood, HoodFinder):
         every = max(1, round(fps / HOOD_RATE))
-        capture = cv2.VideoCapture(local_copy(str(video)), cv2.CAP_FFMPEG)
+        try:
+            path = local_copy(str(video))
+        except OSError:
+            return None
+        capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
         try:
             for index in range(int(HOOD_SECONDS * fps)):
                 # Frames it skips are only demuxed and decoded, not converted to BGR.
@@ -317,7 +323,6 @@ def main(args: argparse.Namespace) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     failures, skipped, items, planned = [], [], [], {}
-    hoods: dict[str, list[float]] = {}  # video → hood profile, for those that show one
     folders = output_dirs(args.out, videos)
     for video in videos:
         if (folders[str(video)] / "summary.json").exists():
@@ -329,14 +334,10 @@ def main(args: argparse.Namespace) -> int:
             failures.append({"video": str(video), "error": str(error)})
             continue
         planned[str(video)] = (frames, fps)
-        hood = find_video_hood(video, fps, args.hood)
-        if hood is not None:
-            hoods[str(video)] = hood
         items += [{"video": str(video), "start": start, "stop": min(frames, start + args.chunk),
                    "frames": frames, "fps": fps} for start in range(0, frames, args.chunk)]
     print(f"{len(videos)} videos: {len(planned)} to do ({sum(f for f, _ in planned.values())} frames "
-          f"in {len(items)} ranges), {len(skipped)} already done, {len(failures)} unreadable"
-          f"{f'; a hood in {len(hoods)} (labelled ego, --hood {args.hood})' if hoods else ''}",
+          f"in {len(items)} ranges), {len(skipped)} already done, {len(failures)} unreadable",
           file=sys.stderr)
     results: dict[str, Any] = {}
     if items:
@@ -346,6 +347,13 @@ def main(args: argparse.Namespace) -> int:
                          math.ceil(args.actors * args.threads + DECODE_CPUS))
         ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False, **({} if args.address else {"num_cpus": local_cpus}))
+        # Each recording's hood, one Ray task per video (it reads the recording's first seconds).
+        find = ray.remote(num_cpus=DECODE_CPUS)(find_video_hood)
+        found = ray.get([find.remote(video, fps, args.hood) for video, (_, fps) in planned.items()])
+        hoods = {video: hood for video, hood in zip(planned, found, strict=True) if hood is not None}
+        if hoods:
+            print(f"a hood in {len(hoods)} of {len(planned)} videos: labelled ego in all their frames "
+                  f"(--hood {args.hood})", file=sys.stderr)
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # frames come back in video order
         context.enable_progress_bars = not args.quiet

@@ -82,7 +82,7 @@ def test_each_recording_gets_its_own_hood(tmp_path):
     out = tmp_path / "out"
     result = run_fleet(str(inputs), "--out", str(out), "--no-video", "--actors", "1")
     assert result.returncode == 0, result.stderr
-    assert "a hood in 1" in result.stderr
+    assert "a hood in 1 of 2 videos" in result.stderr
     assert 0.025 <= json.loads((out / "hood" / "summary.json").read_text())["hood_share"] <= 0.045
     assert json.loads((out / "clear" / "summary.json").read_text())["hood_share"] == 0.0
     ego = pq.read_table(out / "hood" / "frames.parquet").to_pandas()["share_EgoVehicle"]
