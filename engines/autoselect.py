@@ -80,20 +80,37 @@ def collect_offers(path: Path, backends: dict[str, Backend], precision: str,
     return offers
 
 
-def cpu_signature() -> str:
-    """The processor as far as speed goes: model name, instruction-set flags and core count
-    (virtual machines often report a generic model name, so the flags matter)."""
-    facts = [platform.machine(), platform.processor(), str(os.cpu_count())]
+def cpu_facts() -> list[str]:
+    """The first processor's model name and instruction-set flags from /proc/cpuinfo (the
+    first describes them all); empty where there is no such file."""
+    facts = []
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
                 if line.startswith(("model name", "flags", "Features")):
                     facts.append(line.split(":", 1)[1].strip())
                 if line.strip() == "":
-                    break  # the first processor describes them all
+                    break
     except OSError:
         pass
+    return facts
+
+
+def cpu_signature() -> str:
+    """The processor as far as speed goes: model name, instruction-set flags and core count
+    (virtual machines often report a generic model name, so the flags matter)."""
+    facts = [platform.machine(), platform.processor(), str(os.cpu_count()), *cpu_facts()]
     return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
+
+
+def int8_may_saturate() -> bool:
+    """True on an x86 CPU known to lack VNNI: its 8-bit dot products add pairs of products in
+    16 bits, which can saturate, so INT8 labels drift further from FP32 there (OpenVINO's
+    "saturation issue"; ONNX Runtime's u8s8 kernels share it). False where the flags are unknown."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    flags = " ".join(cpu_facts()).split()
+    return bool(flags) and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
 def runtime_versions() -> dict[str, str]:

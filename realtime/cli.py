@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 import engines
+from engines.autoselect import int8_may_saturate
 from engines.base import EngineError
 from engines.files import write_atomically
 from engines.hood import HOOD_HELP, hood_from_spec
@@ -367,6 +368,10 @@ def run(args: argparse.Namespace) -> int:
               f"{info.device} ({args.backend_reason}), {pipeline.options.workers} inference "
               f"thread(s){f', model ready in {loaded:.2f} s' if loaded is not None else ''}",
               file=sys.stderr)
+        if info.precision == "int8" and info.device == "cpu" and int8_may_saturate():
+            print("note: this CPU has no VNNI, so INT8 kernels can saturate and its labels drift "
+                  "further from FP32 than on newer CPUs (see README, CPU runtimes); "
+                  "--precision fp32 avoids it", file=sys.stderr)
     for sink in pipeline.sinks:
         if isinstance(sink, WebSink):  # always said: it is how a script finds a port-0 server
             print(f"serving the live view on {sink.url}", file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import engines
+from engines.autoselect import int8_may_saturate
 from helpers import REPO, camvid_or_skip, count_video_frames, run_app, write_video
 
 
@@ -72,6 +73,16 @@ def test_every_shipped_model_runs_by_name(assets, tmp_path, name):
                      "--max-frames", "10", "--summary-json", str(summary))
     assert result.returncode == 0, result.stderr
     assert json.loads(summary.read_text())["frames"] == 10
+
+
+def test_int8_run_says_when_the_cpu_lacks_vnni(assets):
+    # The shipped INT8 sibling run on purpose: on a CPU without VNNI its kernels can saturate,
+    # and the user is told so once at start-up (and only there).
+    result = run_app("--video", str(assets["video"]), "--model", "roadseg.int8", "--backend",
+                     "onnxruntime", "--headless", "--max-frames", "3")
+    assert result.returncode == 0, result.stderr
+    assert "running onnxruntime int8" in result.stderr
+    assert ("note: this CPU has no VNNI" in result.stderr) == int8_may_saturate()
 
 
 def test_user_logits_model_with_labels_file(assets, tmp_path):
