@@ -239,3 +239,26 @@ def find_hood(frames: list[np.ndarray], **settings: float) -> HoodFinder:
         finder.add(frame)
     finder.settle()
     return finder
+
+
+def scan_video(path: str, fps: float, seconds: float, rate: float = 10.0,
+               enough: int | None = None) -> HoodFinder:
+    """A HoodFinder fed the first `seconds` of a video file at `rate` frames a second, stopping
+    early once `enough` frames have counted. Frames between those it looks at are only
+    decoded (`grab`), not converted to BGR."""
+    finder = HoodFinder()
+    every = max(1, round(fps / rate))
+    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    try:
+        for index in range(int(seconds * fps)):
+            ok, image = capture.read() if index % every == 0 else (capture.grab(), None)
+            if not ok:
+                break
+            if image is not None:
+                finder.add(image)
+            if enough is not None and finder.counted >= enough:
+                break
+    finally:
+        capture.release()
+    finder.settle()
+    return finder

@@ -40,7 +40,7 @@ import engines
 from engines.base import EngineError
 from engines.files import write_atomically
 from engines.frame_fit import content_labels, to_input
-from engines.hood import HoodFinder, ego_label, hood_from_spec, profile_mask
+from engines.hood import HoodFinder, ego_label, hood_from_spec, profile_mask, scan_video
 from realtime.render import Palette, overlay, parse_class_selection
 from realtime.sinks import SinkError, VideoSink
 
@@ -146,23 +146,11 @@ def find_video_hood(video: Path | str, fps: float, spec: str) -> list[float] | N
     quiet_opencv()
     hood = hood_from_spec(spec)
     if isinstance(hood, HoodFinder):
-        every = max(1, round(fps / HOOD_RATE))
         try:
             path = local_copy(str(video))
         except OSError:
             return None
-        capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-        try:
-            for index in range(int(HOOD_SECONDS * fps)):
-                # Frames it skips are only demuxed and decoded, not converted to BGR.
-                ok, image = capture.read() if index % every == 0 else (capture.grab(), None)
-                if not ok:
-                    break
-                if image is not None:
-                    hood.add(image)
-        finally:
-            capture.release()
-        hood.settle()
+        hood = scan_video(path, fps, HOOD_SECONDS, HOOD_RATE)
     profile = hood.profile() if hood is not None else None
     return None if profile is None else [round(float(top), 4) for top in profile]
 

@@ -44,6 +44,7 @@ class Source:
     name = "source"
     current_name: str | None = None  # file name of the frame last yielded (image inputs)
     frame_size: tuple[int, int] | None = None  # (height, width) when known before the run
+    file: Path | None = None  # a video file that a second reader may open (to look ahead in it)
 
     def __init__(self) -> None:
         self.stats = SourceStats()
@@ -61,7 +62,7 @@ class VideoSource(Source):
 
     def __init__(self, path: str | Path, loop: bool = False):
         super().__init__()
-        self.path = Path(path)
+        self.path = self.file = Path(path)
         self.name = str(self.path)
         self.loop = loop
         if not self.path.exists():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engines.hood import NOT_SHOWN, FixedHood, HoodFinder, apply_hood, find_hood, hood_from_spec
-from helpers import camvid_or_skip, run_app
+from helpers import camvid_or_skip, run_app, write_camvid_video
 from training.data import void_to_train_labels
 
 HOOD_DRIVE = "0001TP"
@@ -112,6 +112,27 @@ def test_app_leaves_the_hood_unpainted(assets, tmp_path):
     road[: int(0.8 * truth.shape[0])] = True
     same = cv2.imread(str(tmp_path / "auto" / last.name)) == cv2.imread(str(tmp_path / "off" / last.name))
     assert same.all(axis=2)[road].all()
+
+
+def test_a_video_written_whole_is_masked_from_its_first_frame(assets, tmp_path):
+    # A file processed with --pace all: the app looks ahead in the video's start, so even the
+    # first frame it writes leaves the hood unpainted (frames written as PNGs, compared with
+    # the same decoder's frames).
+    paths = drive_frames(f"train/{HOOD_DRIVE}_*.png")
+    video = write_camvid_video(tmp_path / "hood.mp4", len(paths), size=(480, 360),
+                               pattern=f"train/{HOOD_DRIVE}_*.png", fps=10)
+    result = run_app("--video", str(video), "--pace", "all", "--model", str(assets["tiny"]),
+                     "--classes", "all", "--no-outline", "--no-hud", "--no-legend", "--headless",
+                     "--max-frames", "3", "--save", str(tmp_path / "out") + "/")
+    assert result.returncode == 0, result.stderr
+    assert "looked for it in the video's start first" in result.stderr
+    capture = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+    ok, first = capture.read()
+    capture.release()
+    assert ok
+    cv2.imwrite(str(tmp_path / "first.png"), first)
+    truth = labelled_hood(paths[0])
+    assert unchanged_share(tmp_path / "out" / "frame_000000.png", tmp_path / "first.png", truth) >= 0.85
 
 
 def test_bad_hood_option_is_one_line(assets):
