@@ -207,7 +207,8 @@ class FixedHood:
 
 
 HOOD_HELP = ("the car's own hood, labelled ego and never painted: auto (found from the video's "
-             "motion after a few seconds of driving), off, or the bottom FRACTION of the frame (0.12)")
+             "motion after a few seconds of driving; a file run with --pace all is looked at "
+             "first, so from its first frame), off, or the bottom FRACTION of the frame (0.12)")
 
 
 def hood_from_spec(spec: str, every: int = 1) -> HoodFinder | FixedHood | None:
