@@ -40,7 +40,7 @@ POLL_S = 0.05  # how often blocked threads look at the stop flag: bounds shutdow
 # --hood auto on a file written whole reads this much of its start first, at 10 frames a
 # second, stopping once this many frames moved (960x540: 180 frames decoded, 1.5 CPU s on an
 # AVX2-only 2-core EPYC), before the first frame is drawn.
-LOOKAHEAD_SECONDS = 20.0
+LOOKAHEAD_SECONDS = 10.0
 LOOKAHEAD_COUNTED = 60
 END = object()  # end-of-stream marker passed down the channels
 
