@@ -22,6 +22,8 @@ the overlay never paints the hood drivable. Stills carry no motion: each one wou
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 
@@ -243,15 +245,17 @@ def find_hood(frames: list[np.ndarray], **settings: float) -> HoodFinder:
 
 
 def scan_video(path: str, fps: float, seconds: float, rate: float = 10.0,
-               enough: int | None = None) -> HoodFinder:
+               enough: int | None = None, stop: threading.Event | None = None) -> HoodFinder:
     """A HoodFinder fed the first `seconds` of a video file at `rate` frames a second, stopping
-    early once `enough` frames have counted. Frames between those it looks at are only
-    decoded (`grab`), not converted to BGR."""
+    early once `enough` frames have counted (or when `stop` is set). Frames between those it
+    looks at are only decoded (`grab`), not converted to BGR."""
     finder = HoodFinder()
     every = max(1, round(fps / rate))
     capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
     try:
         for index in range(int(seconds * fps)):
+            if stop is not None and stop.is_set():
+                break
             ok, image = capture.read() if index % every == 0 else (capture.grab(), None)
             if not ok:
                 break

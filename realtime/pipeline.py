@@ -329,7 +329,7 @@ class Pipeline:
         # that the hood is masked from the first frame on instead of after a few seconds.
         if isinstance(state.hood, HoodFinder) and self.options.pace == "all" and self.source.file:
             state.hood = scan_video(str(self.source.file), fps, LOOKAHEAD_SECONDS,
-                                    enough=LOOKAHEAD_COUNTED)
+                                    enough=LOOKAHEAD_COUNTED, stop=self.stop_event)
             state.hood.every = stride
             log.info("hood: looked for it in the video's start first (%d moving frames)",
                      state.hood.counted)
