@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training tests need the [train] extra (torch)")
 
-from helpers import camvid_or_skip
+from helpers import camvid_or_skip, write_camvid_video
 
 import engines
 from training import evaluate as evaluate_cli
@@ -21,9 +21,10 @@ from training.augment import CopyPaste, class_mix
 from training.data import augment_batch, load_splits, void_to_train_labels
 from engines.checkpoint import load_checkpoint_model
 from engines.contract_wrapper import preprocess_bgr
+from engines.frames import sample_frames
 from engines.labels import CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, TRAIN_IGNORE
 from engines.roadsegnet import build_model, count_parameters
-from training.export import compare_with_torch, export_onnx
+from training.export import compare_with_torch, export_onnx, recalibrate_batchnorm
 
 CAMVID_NAMES = [c.name for c in CAMVID_CLASSES]
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "training" / "checkpoints" / "roadseg-shipped.pt"
@@ -208,6 +209,43 @@ def test_weight_average_is_evaluated_saved_and_resumed(tmp_path, capsys):
     capsys.readouterr()
     assert export_cli.main(export_cli.parse_args(
         ["--checkpoint", str(plain / "last.pt"), "--out", str(onnx_path), "--weights", "ema"])) == 2
+    assert capsys.readouterr().out.count("\n") == 1
+
+
+def test_batchnorm_statistics_from_new_frames_blend_with_the_trained_ones(tiny_run):
+    # AdaBN: with mix 0.5 the first BatchNorm's mean is halfway between the trained one and the
+    # mean of its input over the new frames (batches of 3 average to the mean over all 6).
+    camvid = camvid_or_skip()
+    net, _ = load_checkpoint_model(tiny_run[0] / "last.pt")
+    frames = sample_frames(camvid / "train", 6, (360, 480))
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    norm = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        new_mean = conv(preprocess_bgr(torch.from_numpy(frames))).mean(dim=(0, 2, 3))
+    trained, momentum = norm.running_mean.clone(), norm.momentum
+    recalibrate_batchnorm(net, frames, mix=0.5, batch_size=3)
+    assert torch.allclose(norm.running_mean, 0.5 * new_mean + 0.5 * trained, atol=1e-4)
+    assert not net.training and not norm.training and norm.momentum == momentum
+
+
+def test_export_for_your_footage_records_it(tiny_run, tmp_path, capsys):
+    # Export with the BatchNorm statistics of a real dashcam video; the model says so in its
+    # provenance and labels differently from the plain export; unreadable footage is one line.
+    camvid = camvid_or_skip()
+    footage = write_camvid_video(tmp_path / "drive.mp4", 12, size=(480, 360),
+                                 pattern="train/0006R0_*.png")
+    common = ["--checkpoint", str(tiny_run[0] / "last.pt"), "--data", str(camvid)]
+    plain, adapted = tmp_path / "plain.onnx", tmp_path / "adapted.onnx"
+    assert export_cli.main(export_cli.parse_args(common + ["--out", str(plain)])) == 0
+    assert export_cli.main(export_cli.parse_args(
+        common + ["--out", str(adapted), "--bn-frames", str(footage), "--bn-count", "8"])) == 0
+    provenance = engines.load(adapted).info.details["provenance"]
+    assert provenance["batchnorm_from"] == {"source": "drive.mp4", "frames": 8, "mix": 0.5}
+    frames = sample_frames(camvid / "val", 2, (360, 480))
+    assert (engines.load(adapted).infer(frames) != engines.load(plain).infer(frames)).any()
+    capsys.readouterr()
+    assert export_cli.main(export_cli.parse_args(
+        common + ["--out", str(adapted), "--bn-frames", str(tmp_path / "none.mp4")])) == 2
     assert capsys.readouterr().out.count("\n") == 1
 
 

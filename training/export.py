@@ -5,6 +5,13 @@ Contract (../shared/DESIGN.md): input `image` uint8 [N, H, W, 3] BGR; output `la
 provenance in the `segmentation` metadata entry.
 
     python -m training.export --checkpoint runs/base/best.pt --out engines/models/roadseg.onnx
+
+For your own camera and roads, without labels or training (AdaBN, Li et al. 2016): every
+BatchNorm's statistics are re-estimated on frames of your footage and blended with the trained
+ones before export, in seconds:
+
+    python -m training.export --checkpoint training/checkpoints/roadseg-shipped.pt \
+        --bn-frames my_drive.mp4 --out roadseg-mycar.onnx
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ from torch import nn
 from engines.checkpoint import (checkpoint_classes, checkpoint_input_size, load_checkpoint_model,
                                 total_epochs)
 from engines.contract import INPUT_NAME, OUTPUT_NAME, contract_metadata, write_metadata
-from engines.contract_wrapper import MEAN_BGR, STD_BGR, ContractWrapper
+from engines.contract_wrapper import MEAN_BGR, STD_BGR, ContractWrapper, preprocess_bgr
 from engines.files import file_sha256
+from engines.frames import FramesError, sample_frames
 from engines.labels import CAMVID_CLASSES, ClassInfo
 from training.camvid import CamVid
 
@@ -87,6 +95,35 @@ def checkpoint_provenance(checkpoint: dict[str, Any], path: Path,
     return provenance
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, frames: np.ndarray, mix: float = 0.5,
+                          batch_size: int = 8) -> nn.Module:
+    """AdaBN: each BatchNorm's running mean and variance become `mix` x their values on
+    `frames` (uint8 BGR [N, H, W, 3] at the model's input size) + (1 - mix) x the trained
+    ones. In place; `net` is left in eval mode.
+
+    Measured (model card): on a drive it never saw, +2.7 mIoU from 50 unlabelled frames at mix
+    0.5; on a drive it trained on, -0.2 to -0.4 (-1.0 at mix 1).
+    """
+    net.eval()
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    trained = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in layers]
+    # A cumulative average (momentum None) over the new frames, in training mode for BN alone,
+    # so the network's own eval-mode forward (no auxiliary heads) sees them.
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+        layer.train()
+    for start in range(0, len(frames), batch_size):
+        net(preprocess_bgr(torch.from_numpy(frames[start:start + batch_size])))
+    for layer, (mean, var, momentum) in zip(layers, trained, strict=True):
+        layer.running_mean.mul_(mix).add_((1 - mix) * mean)
+        layer.running_var.mul_(mix).add_((1 - mix) * var)
+        layer.momentum = momentum
+        layer.eval()
+    return net
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         net, checkpoint = load_checkpoint_model(args.checkpoint, args.weights)
@@ -95,6 +132,18 @@ def main(args: argparse.Namespace) -> int:
         return 2
     provenance = checkpoint_provenance(checkpoint, args.checkpoint, args.weights)
     height, width = checkpoint_input_size(checkpoint)
+    # Your footage's statistics in every BatchNorm, taken from frames spread over all of it.
+    if args.bn_frames:
+        try:
+            frames = sample_frames(args.bn_frames, args.bn_count, (args.height or height, args.width or width))
+        except FramesError as error:
+            print(f"error: --bn-frames: {error}")
+            return 2
+        recalibrate_batchnorm(net, frames, args.bn_mix)
+        provenance["batchnorm_from"] = {"source": Path(args.bn_frames).name, "frames": len(frames),
+                                        "mix": args.bn_mix}
+        print(f"BatchNorm statistics: {args.bn_mix:g} x those of {len(frames)} frames of "
+              f"{args.bn_frames} + {1 - args.bn_mix:g} x the trained ones")
     export_onnx(net, args.out, args.height or height, args.width or width,
                 classes=checkpoint_classes(checkpoint), provenance=provenance)
     frames = CamVid(args.data, "val").load_images(limit=8)
@@ -114,7 +163,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--weights", choices=["model", "ema"], default="model",
                         help="the weights as trained, or their moving average (a run with --ema)")
-    return parser.parse_args(argv)
+    parser.add_argument("--bn-frames", default=None, metavar="SOURCE",
+                        help="video, image folder or quoted glob of your footage: re-estimate the "
+                             "BatchNorm statistics on it (no labels, no training)")
+    parser.add_argument("--bn-count", type=int, default=50,
+                        help="frames taken evenly across --bn-frames (default 50)")
+    parser.add_argument("--bn-mix", type=float, default=0.5,
+                        help="weight of your footage's statistics against the trained ones (0-1]")
+    args = parser.parse_args(argv)
+    if not 0.0 < args.bn_mix <= 1.0 or args.bn_count < 1:
+        parser.error("--bn-mix must be in (0, 1] and --bn-count at least 1")
+    return args
 
 
 if __name__ == "__main__":
