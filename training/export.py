@@ -106,23 +106,17 @@ def recalibrate_batchnorm(net: nn.Module, frames: np.ndarray, mix: float = 0.5,
     from 50 unlabelled frames at mix 0.5 and lost 0.4 on a drive it trained on; a base model
     50 epochs into training lost 1.8 on the new drive.
     """
-    net.eval()
     layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    trained = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in layers]
-    # A cumulative average (momentum None) over the new frames, in training mode for BN alone,
-    # so the network's own eval-mode forward (no auxiliary heads) sees them.
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None
-        layer.train()
-    for start in range(0, len(frames), batch_size):
-        net(preprocess_bgr(torch.from_numpy(frames[start:start + batch_size])))
-    for layer, (mean, var, momentum) in zip(layers, trained, strict=True):
+    trained = [(m.running_mean.clone(), m.running_var.clone()) for m in layers]
+    # torch's own re-estimation: statistics reset, a cumulative average over the batches,
+    # momenta restored afterwards.
+    batches = (preprocess_bgr(torch.from_numpy(frames[start:start + batch_size]))
+               for start in range(0, len(frames), batch_size))
+    torch.optim.swa_utils.update_bn(batches, net)
+    for layer, (mean, var) in zip(layers, trained, strict=True):
         layer.running_mean.mul_(mix).add_((1 - mix) * mean)
         layer.running_var.mul_(mix).add_((1 - mix) * var)
-        layer.momentum = momentum
-        layer.eval()
-    return net
+    return net.eval()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -132,20 +126,21 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: cannot export {args.checkpoint}: {error}")
         return 2
     provenance = checkpoint_provenance(checkpoint, args.checkpoint, args.weights)
-    height, width = checkpoint_input_size(checkpoint)
+    default_height, default_width = checkpoint_input_size(checkpoint)
+    height, width = args.height or default_height, args.width or default_width
     # Your footage's statistics in every BatchNorm, taken from frames spread over all of it.
     if args.bn_frames:
         try:
-            frames = sample_frames(args.bn_frames, args.bn_count, (args.height or height, args.width or width))
+            footage = sample_frames(args.bn_frames, args.bn_count, (height, width))
         except FramesError as error:
             print(f"error: --bn-frames: {error}")
             return 2
-        recalibrate_batchnorm(net, frames, args.bn_mix)
-        provenance["batchnorm_from"] = {"source": Path(args.bn_frames).name, "frames": len(frames),
+        recalibrate_batchnorm(net, footage, args.bn_mix)
+        provenance["batchnorm_from"] = {"source": Path(args.bn_frames).name, "frames": len(footage),
                                         "mix": args.bn_mix}
-        print(f"BatchNorm statistics: {args.bn_mix:g} x those of {len(frames)} frames of "
+        print(f"BatchNorm statistics: {args.bn_mix:g} x those of {len(footage)} frames of "
               f"{args.bn_frames} + {1 - args.bn_mix:g} x the trained ones")
-    export_onnx(net, args.out, args.height or height, args.width or width,
+    export_onnx(net, args.out, height, width,
                 classes=checkpoint_classes(checkpoint), provenance=provenance)
     frames = CamVid(args.data, "val").load_images(limit=8)
     agreement = compare_with_torch(net, args.out, frames)
