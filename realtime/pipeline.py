@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.05  # how often blocked threads look at the stop flag: bounds shutdown time
 # --hood auto on a file written whole reads this much of its start first, at 10 frames a
-# second, stopping once this many frames moved (960x540: 180 frames decoded, 1.5 CPU s on an
+# second, stopping once this many frames moved (960x540: 180 frames decoded, 1.5-1.7 CPU s on an
 # AVX2-only 2-core EPYC), before the first frame is drawn.
 LOOKAHEAD_SECONDS = 10.0
 LOOKAHEAD_COUNTED = 60
