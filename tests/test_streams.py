@@ -23,7 +23,11 @@ def test_mjpeg_camera_runs_and_reconnects_when_it_drops(tmp_path):
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["reopened"] >= 1 and connections >= 2
     assert summary["frames"] + summary["dropped"] == 100  # live source: newest frame wins
-    assert len(metrics.read_text().splitlines()) == summary["frames"] > 40
+    indices = [json.loads(line)["index"] for line in metrics.read_text().splitlines()]
+    assert len(indices) == summary["frames"]
+    # Frames from both sides of the reconnect were segmented (how many depends on the host's
+    # speed: a live source drops what the engine cannot keep up with).
+    assert min(indices) < 40 <= max(indices)
 
 
 def test_camera_that_accepts_but_never_sends_fails_in_time():
