@@ -135,7 +135,9 @@ def _stop_and_check(process: subprocess.Popen, sig: int, expected_status: int, o
     _, stderr = process.communicate(timeout=10)
     elapsed = time.monotonic() - sent
     assert process.returncode == expected_status, stderr
-    assert elapsed < 1.5, f"took {elapsed:.2f} s to stop"
+    # The run loops forever, so any bound shows the signal was honoured; 3 s leaves room for
+    # the encoder flush on a slow shared host.
+    assert elapsed < 3.0, f"took {elapsed:.2f} s to stop"
     frames, _ = count_video_frames(out)
     assert frames > 0 and frames == len(read_metrics(metrics))
 
