@@ -73,6 +73,16 @@ def check_writable(path: Path, what: str) -> None:
         raise SinkError(f"{what} {path}: folder {parent} is not writable; choose another path")
     if path.is_dir():
         raise SinkError(f"{what} {path} is a folder; give a file name")
+    # The mode bits are not the last word (root, read-only mounts, /proc): create the file now,
+    # without truncating one that exists and without blocking on a FIFO, and remove it again.
+    existed = path.exists()
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK, 0o666))
+    except OSError as error:
+        raise SinkError(f"{what} {path}: cannot create it ({error.strerror}); choose another "
+                        "path") from None
+    if not existed:
+        path.unlink(missing_ok=True)
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:
@@ -150,9 +160,10 @@ class VideoSink(Sink):
                 self._encode(frame)
         except OSError as error:
             self._abandon()
+            kept = ("the file keeps the frames written before it and plays" if self.frames
+                    else "no frame was written")
             raise SinkError(f"--save {self.path}: writing frame {self.frames} failed "
-                            f"({error.strerror or error}); the file keeps the frames written "
-                            "before it and plays") from None
+                            f"({error.strerror or error}); {kept}") from None
         self.frames += 1
 
     def _encode(self, frame: np.ndarray) -> None:

@@ -86,7 +86,7 @@ def test_png_folder_over_the_input_folder_is_refused(tmp_path):
     assert (folder / "a.png").read_bytes() == before
 
 
-@pytest.mark.parametrize("flag,target", [("--metrics", "/proc/x.jsonl"),
+@pytest.mark.parametrize("flag,target", [("--metrics", "/proc/x.jsonl"), ("--save", "/proc/x.mp4"),
                                          ("--summary-json", "missing/summary.json")])
 def test_unwritable_outputs_are_refused_before_the_first_frame(assets, tmp_path, flag, target):
     path = target if target.startswith("/") else str(tmp_path / target)
@@ -197,7 +197,12 @@ def test_mp4_survives_sigkill_with_nearly_every_frame(assets, tmp_path):
                                 "--loop", "--headless", "--pace", "realtime", "--save", str(out),
                                 "--metrics", str(metrics)],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(8)
+    # Kill once 60 frames are through (several fragments), however fast this host is.
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 60:
+            break
+        time.sleep(0.1)
     process.kill()
     process.wait(timeout=10)
     written = len(metrics.read_text().splitlines())  # one flushed line per frame handed to the sink
