@@ -42,7 +42,7 @@ from engines.files import write_atomically
 from engines.frame_fit import content_labels, to_input
 from engines.hood import HoodFinder, ego_label, hood_from_spec, profile_mask, scan_video
 from realtime.render import Palette, overlay, parse_class_selection
-from realtime.sinks import SinkError, VideoSink
+from realtime.sinks import SinkError, VideoSink, check_writable
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts")
 DECODE_CPUS = 0.5  # a decode task is lighter than inference
@@ -286,6 +286,10 @@ class VideoWriterSet:
             (self.folder / name).unlink(missing_ok=True)
 
 
+class OutputError(RuntimeError):
+    """Writing a video's outputs failed (disk full, folder removed); the job stops."""
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     write_atomically(path, json.dumps(data, indent=2))
 
@@ -309,7 +313,16 @@ def main(args: argparse.Namespace) -> int:
     except (EngineError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        check_writable(args.out / "job.json", "--out")
+    except OSError as error:
+        print(f"error: --out {args.out}: cannot create it ({error.strerror}); choose another "
+              "folder", file=sys.stderr)
+        return 2
+    except SinkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     failures, skipped, items, planned = [], [], [], {}
     folders = output_dirs(args.out, videos)
     for video in videos:
@@ -353,8 +366,13 @@ def main(args: argparse.Namespace) -> int:
                                                        "threads": args.threads, "video": not args.no_video,
                                                        "classes": args.classes, "hoods": hoods},
                                 compute=ray.data.ActorPoolStrategy(size=args.actors), **per_actor))
-        results = write_outputs(dataset, planned, classes, args, failures, folders, hoods)
-        ray.shutdown()
+        try:
+            results = write_outputs(dataset, planned, classes, args, failures, folders, hoods)
+        except OutputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        finally:
+            ray.shutdown()
     seconds = time.perf_counter() - started
     frames_done = sum(r["frames"] for r in results.values())
     job = {"videos": len(videos), "done": len(results), "skipped": skipped, "failures": failures,
@@ -376,26 +394,39 @@ def write_outputs(dataset: Any, planned: dict[str, tuple[int, float]], classes: 
     """Consume the ordered rows and write every video's files; returns their summaries."""
     results, current, started = {}, None, time.perf_counter()
     broken: set[str] = set()
-    for row in dataset.iter_rows():
-        video = row["video"]
-        if video in broken:
-            continue
-        if current is None or str(current.video) != video:
-            # A new video begins: the previous one is complete (ranges arrive in order).
-            if current is not None:
-                results[str(current.video)] = current.finish(time.perf_counter() - started)
-            started = time.perf_counter()
-            current = VideoWriterSet(video, folders[video], classes, planned[video][1],
-                                     not args.no_video, hoods.get(video))
-        if row["error"]:
-            failures.append({"video": video, "error": row["error"]})
+    try:
+        for row in dataset.iter_rows():
+            video = row["video"]
+            if video in broken:
+                continue
+            if current is None or str(current.video) != video:
+                # A new video begins: the previous one is complete (ranges arrive in order).
+                if current is not None:
+                    results[str(current.video)] = current.finish(time.perf_counter() - started)
+                started = time.perf_counter()
+                current = VideoWriterSet(video, folders[video], classes, planned[video][1],
+                                         not args.no_video, hoods.get(video))
+            if row["error"]:
+                failures.append({"video": video, "error": row["error"]})
+                current.abandon()
+                broken.add(video)
+                current = None
+                continue
+            current.add(int(row["frame"]), row["shares"], row["overlay"])
+        if current is not None:
+            results[str(current.video)] = current.finish(time.perf_counter() - started)
+    except (SinkError, OSError) as error:
+        # A full disk or a vanished folder stops the job: the video being written leaves no
+        # output that looks complete, the ones finished before it keep theirs.
+        video = current.video if current is not None else "a video"
+        if current is not None:
             current.abandon()
-            broken.add(video)
-            current = None
-            continue
-        current.add(int(row["frame"]), row["shares"], row["overlay"])
-    if current is not None:
-        results[str(current.video)] = current.finish(time.perf_counter() - started)
+        # A SinkError's own text promises a playable partial file, which abandon() just removed.
+        cause = error.__context__ if isinstance(error, SinkError) else error
+        reason = getattr(cause, "strerror", None) or cause or error
+        raise OutputError(f"--out {args.out}: writing the outputs of {video} failed ({reason}); "
+                          f"the videos finished before it ({len(results)}) are complete, and a "
+                          "rerun with the same --out does only the rest") from None
     return results
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,17 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "labels4": labels,
         "video": write_video(root / "drive.mp4", 40),
     }
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A 2 MB tmpfs where the machine lets us mount one, else None."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        yield None
+        return
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)

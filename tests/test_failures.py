@@ -39,20 +39,6 @@ def decoded_frames(path: Path) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 2 MB tmpfs where the machine lets us mount one, else None."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode != 0:
-        yield None
-        return
-    yield mount
-    subprocess.run(["umount", str(mount)], capture_output=True)
-
-
 def test_disk_full_while_saving_is_an_error_and_the_files_stay_usable(full_disk, tmp_path):
     if full_disk is None:
         pytest.skip("cannot mount a size-limited tmpfs here (needs root)")

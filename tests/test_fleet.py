@@ -95,6 +95,33 @@ def test_no_videos_is_one_error_line(tmp_path):
     assert result.returncode == 2 and len(errors) == 1, result.stderr
 
 
+def test_unusable_out_folder_is_one_error_line(tmp_path):
+    write_video(tmp_path / "a.mp4", 5, size=(128, 96))
+    result = run_fleet(str(tmp_path / "a.mp4"), "--out", "/proc/segmented")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "--out" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_disk_full_stops_the_job_and_keeps_the_finished_videos(full_disk, tmp_path):
+    if full_disk is None:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs root)")
+    model = contract_model(tmp_path / "tiny.onnx", size=(96, 128))
+    inputs = tmp_path / "archive"
+    inputs.mkdir()
+    write_video(inputs / "a.mp4", 20, size=(256, 192))
+    write_video(inputs / "b.mp4", 150, size=(640, 480), noise=True)  # its overlay fills 2 MB
+    result = run_fleet(str(inputs), "--out", str(full_disk), "--model", str(model), "--chunk", "50")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr
+    assert "No space left on device" in errors[0] and "b.mp4" in errors[0], errors[0]
+    assert "Traceback" not in result.stderr
+    # The video finished first is complete; the broken one leaves nothing that looks complete.
+    assert json.loads((full_disk / "a" / "summary.json").read_text())["frames"] == 20
+    assert pq.read_table(full_disk / "a" / "frames.parquet").num_rows == 20
+    assert sorted(p.name for p in (full_disk / "b").iterdir()) == []
+
+
 def test_fsspec_urls_are_read(tmp_path):
     model = contract_model(tmp_path / "tiny.onnx", size=(96, 128))
     (tmp_path / "remote").mkdir()
