@@ -38,10 +38,10 @@ import cv2
 import numpy as np
 
 import engines
-from engines.base import Engine
+from engines.base import Engine, EngineError
 from engines.frame_fit import content_labels, to_input
 from realtime.render import Palette, overlay, parse_class_selection
-from realtime.sources import Source, open_source
+from realtime.sources import Source, SourceError, open_source
 from realtime.telemetry import CPU_STAGES, keep_frame_memory
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
@@ -129,7 +129,7 @@ def bench_pipeline(chosen: engines.Choice, args: argparse.Namespace, out: Path) 
         command += ["--max-frames", str(args.frames)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"error: the pipeline run failed:\n{result.stderr}")
+        raise BenchError(f"the pipeline run ({' '.join(command[1:])}) failed:\n{result.stderr}")
     summary = json.loads(summary_path.read_text())
     # The whole process's CPU between its first and last output (start-up excluded): what
     # the stage sum misses (decoder threads, Python between the stages, the queues) shows here.
@@ -187,7 +187,20 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+class BenchError(RuntimeError):
+    """A measurement that cannot be taken (the application's own run failed)."""
+
+
 def main(args: argparse.Namespace) -> int:
+    """Run every model x backend row; bad input or a failed run is an `error:` line, exit 2."""
+    try:
+        return benchmark(args)
+    except (SourceError, EngineError, BenchError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def benchmark(args: argparse.Namespace) -> int:
     # The same allocator settings as run.py, so the naive loop and decode timing compare fairly.
     keep_frame_memory()
     frames = read_frames(args)

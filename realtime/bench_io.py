@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from realtime.bench import BenchError
 from realtime.sinks import VideoSink
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
@@ -63,7 +64,7 @@ def run_config(input_args: list[str], outputs: list[str], viewers: int, scratch:
         while url is None:
             line = process.stderr.readline()
             if not line:
-                raise SystemExit(f"error: the run did not start serving: {process.stderr.read()}")
+                raise BenchError(f"the run did not start serving: {process.stderr.read()}")
             found = re.search(r"serving the live view on (http://\S+)", line)
             url = found.group(1) if found else None
         for _ in range(viewers):
@@ -75,7 +76,7 @@ def run_config(input_args: list[str], outputs: list[str], viewers: int, scratch:
     _, stderr = process.communicate()
     stop.set()
     if process.returncode != 0:
-        raise SystemExit(f"error: run failed: {stderr}")
+        raise BenchError(f"the run failed: {stderr}")
     report = json.loads(summary.read_text())
     row = {"outputs": " ".join(outputs) or "none", "viewers": viewers, "fps": report["fps"],
            "frames": report["frames"]}
@@ -106,6 +107,15 @@ def encoder_cost(frames: list[np.ndarray], scratch: Path) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run every output configuration; a failed run is an `error:` line, exit 2."""
+    try:
+        return benchmark(args)
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def benchmark(args: argparse.Namespace) -> int:
     input_args = ["--video", str(args.video)] if args.video else ["--images", args.images]
     if args.max_frames:
         input_args += ["--max-frames", str(args.max_frames)]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from helpers import contract_model, run_app
+from helpers import REPO, contract_model, run_app
 
 
 def assert_one_line_error(result, *fragments: str, status: int = 2) -> None:
@@ -155,3 +157,19 @@ def test_parallel_workers_need_a_thread_safe_backend(tmp_path):
     assert inference_threads("onnxruntime", "all", 1, 4) == (1, 4)
     with pytest.raises(EngineError, match="--workers 1"):
         inference_threads("tensorrt", "all", 2, None)
+
+
+@pytest.mark.parametrize("module,args,fragment", [
+    ("realtime.bench", ["--video", "{tmp}/nope.mp4"], "does not exist"),
+    ("training.train", ["--data", "{tmp}/nope", "--epochs", "1", "--out", "{tmp}/o"], "not found"),
+    ("training.train", ["--resume", "{tmp}/nope.pt", "--out", "{tmp}/o"], "no such checkpoint"),
+], ids=["bench-video", "train-data", "train-resume"])
+def test_tools_answer_bad_input_with_one_line(tmp_path, module, args, fragment):
+    if module.startswith("training"):
+        pytest.importorskip("torch", reason="the train extra is not installed")
+    result = subprocess.run([sys.executable, "-m", module, *(a.format(tmp=tmp_path) for a in args)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if "error:" in line]
+    assert result.returncode == 2 and len(errors) == 1 and fragment in errors[0], output
+    assert "Traceback" not in output

@@ -34,7 +34,7 @@ from engines.labels import (CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, ROADSEG_CLAS
 from engines.metrics import ConfusionMatrix, format_table
 from training.augment import (CopyPaste, RealHoods, RobustAugment, class_mix,
                               expected_hood_share, paint_hood)
-from training.data import (augment_batch, class_weights, iterate_batches, load_splits,
+from training.data import (DatasetError, augment_batch, class_weights, iterate_batches, load_splits,
                            void_to_train_labels)
 from engines.checkpoint import load_checkpoint_model, total_epochs
 from engines.frames import FramesError, listed_names, sample_frames
@@ -315,16 +315,20 @@ def main(args: argparse.Namespace) -> int:
         print("error: --adapt needs --ema DECAY: the weight average is the teacher that labels "
               "the unlabelled frames (e.g. --ema 0.99)")
         return 2
-    train_images, train_labels = load_splits(args.data, args.splits, args.limit, exclude=held_out)
+    # Frames used without labels by --adapt are never scored.
+    unlabelled = listed_names(args.adapt)
+    try:
+        train_images, train_labels = load_splits(args.data, args.splits, args.limit, exclude=held_out)
+        validations = {"val": load_splits(args.data, ["val"], args.limit, exclude_names=unlabelled)}
+        if held_out:
+            validations["holdout"] = load_splits(args.data, args.splits, args.limit,
+                                                 sequences=held_out, exclude_names=unlabelled)
+    except DatasetError as error:
+        print(f"error: {error}")
+        return 2
     # Void is ignored; the real hood becomes the ego class (or is ignored too, without labels).
     void_to_train_labels(train_labels, CAMVID_VOID,
                          EGO_CLASS.id if args.hood_labels else TRAIN_IGNORE, TRAIN_IGNORE)
-    # Frames used without labels by --adapt are never scored.
-    unlabelled = listed_names(args.adapt)
-    validations = {"val": load_splits(args.data, ["val"], args.limit, exclude_names=unlabelled)}
-    if held_out:
-        validations["holdout"] = load_splits(args.data, args.splits, args.limit, sequences=held_out,
-                                             exclude_names=unlabelled)
     target_frames = None
     if args.adapt is not None:
         try:
@@ -524,6 +528,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.prior_epochs = 0  # set by --init; --resume keeps the value stored in the checkpoint
     if args.resume and args.init:
         parser.error("--resume continues a run and --init starts a new one from its weights; pass one")
+    for flag, path in (("--resume", args.resume), ("--init", args.init), ("--teacher", args.teacher)):
+        if path and not Path(path).is_file():
+            parser.error(f"{flag} {path}: no such checkpoint file")
     return args
 
 
