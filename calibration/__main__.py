@@ -19,6 +19,7 @@ from calibration.report import accuracy_report, format_report
 from engines import openvino_backend
 from engines.base import EngineError
 from engines.contract import read_contract, record_accuracy
+from engines.files import OutputError, check_writable
 from engines.frames import sample_frames
 from engines.lowering import ACTIVATION_FORMS, CALIBRATION_METHODS, lower_precision
 
@@ -35,13 +36,17 @@ def report_runtimes() -> list[str]:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="[calibration] %(message)s")
     try:
+        # Outputs are checked before minutes of calibration, not after.
+        check_writable(args.out, "--out")
+        if args.report_json:
+            check_writable(args.report_json, "--report-json")
         frames = None
         if args.precision == "int8" and args.calib:
             input_size, _ = read_contract(args.onnx)
             frames = sample_frames(args.calib, args.calib_frames, input_size)
         out, facts = lower_precision(args.onnx, args.precision, args.out, frames, args.method,
                                      args.cache_dir, args.exclude or [], args.activations)
-    except (EngineError, ValueError, FileNotFoundError) as error:
+    except (EngineError, OutputError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     log.info("wrote %s (%s)", out, facts)

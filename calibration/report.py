@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 import engines
+from engines.camvid import CamVid
 from engines.metrics import evaluate_engine
-from training.camvid import CamVid
 
 # Accuracy budgets from the TensorRT issue: mIoU points lost against FP32.
 BUDGET_POINTS = {"fp16": 0.1, "int8": 0.5}

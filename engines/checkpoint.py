@@ -8,6 +8,7 @@ last two keys and get CamVid's defaults.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +19,44 @@ from engines.labels import CAMVID_CLASSES, ClassInfo, classes_from_json
 from engines.roadsegnet import RoadSegNet, build_model
 
 
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint training.train wrote; the message is one line."""
+
+
 def load_checkpoint_model(path: Path, weights: str = "model") -> tuple[RoadSegNet, dict[str, Any]]:
     """Rebuild the network a checkpoint was trained with and load its weights strictly.
 
     `weights`: "model", the weights as trained, or "ema", the moving average of them that
     training keeps with --ema (stored as an AveragedModel state: "module."-prefixed keys).
+    Raises CheckpointError for anything else.
     """
+    what = "is not a checkpoint written by training.train"
     # weights_only: a checkpoint is tensors and plain types, so a file that carries code is refused.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        # torch's own text runs to a dozen lines about weights_only; one is enough here.
+        raise CheckpointError(f"{path} {what} (not a weights-only PyTorch file: "
+                              f"{type(error).__name__}); a file that carries code is refused") from None
+    if not (isinstance(checkpoint, dict) and "model" in checkpoint
+            and "model_size" in checkpoint.get("args", {})):
+        raise CheckpointError(f"{path} {what} (it lacks the weights or the network's size)")
     net = build_model(checkpoint["args"]["model_size"], checkpoint.get("num_classes", 11))
     if weights == "ema":
         if "ema" not in checkpoint:
-            raise ValueError(f"{path} has no weight average (a run with --ema keeps one); "
-                             "use its trained weights")
+            raise CheckpointError(f"{path} has no weight average (a run with --ema keeps one); "
+                                  "use its trained weights")
         state = {key.removeprefix("module."): value for key, value in checkpoint["ema"].items()
                  if key.startswith("module.")}
     else:
         state = checkpoint["model"]
-    net.load_state_dict(state, strict=True)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: its weights do not fit the network it names "
+                              f"({str(error).splitlines()[0]})") from None
     return net.eval(), checkpoint
 
 

@@ -10,7 +10,6 @@ backend's declaration on a machine without PyTorch.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,7 @@ class TorchEngine(ClosingEngine):
                  precision: str = "auto", threads: int | None = None, cuda_graphs: bool = True):
         import torch
 
-        from engines.checkpoint import (checkpoint_classes, checkpoint_input_size,
+        from engines.checkpoint import (CheckpointError, checkpoint_classes, checkpoint_input_size,
                                         load_checkpoint_model)
         from engines.contract_wrapper import ContractWrapper
 
@@ -52,8 +51,8 @@ class TorchEngine(ClosingEngine):
             torch.set_num_threads(threads)
         try:
             net, checkpoint = load_checkpoint_model(path)
-        except (KeyError, RuntimeError, OSError, pickle.UnpicklingError, EOFError) as error:
-            raise EngineError(f"{path} is not a checkpoint written by training.train ({error})") from None
+        except CheckpointError as error:
+            raise EngineError(str(error)) from None
         self.device = torch.device(device)
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self.model = ContractWrapper(net).eval().to(self.device)

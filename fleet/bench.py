@@ -18,18 +18,37 @@ import tempfile
 import time
 from pathlib import Path
 
+from realtime.bench import BenchError
+
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
 
 
+def run_step(command: list[str]) -> None:
+    """Run one measured command; a failure is a BenchError carrying its `error:` line."""
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        reason = ([line for line in lines if line.startswith("error:")] or lines)[-1]
+        raise BenchError(f"{' '.join(command[1:3])} ... failed: {reason.removeprefix('error: ')}")
+
+
 def main(args: argparse.Namespace) -> int:
+    """Measure both ways; a failed run is one `error:` line and exit 2."""
+    try:
+        return benchmark(args)
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def benchmark(args: argparse.Namespace) -> int:
     frames = 0
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
         for index, video in enumerate(args.videos):
             summary = Path(scratch) / f"s{index}.json"
-            subprocess.run([sys.executable, str(RUN_PY), str(video), "--pace", "all", "--headless",
-                            "--quiet", "--save", f"{scratch}/o{index}.mp4", "--summary-json",
-                            str(summary)], check=True, capture_output=True)
+            run_step([sys.executable, str(RUN_PY), str(video), "--pace", "all", "--headless",
+                      "--quiet", "--save", f"{scratch}/o{index}.mp4", "--summary-json", str(summary)])
             frames += json.loads(summary.read_text())["frames"]
         single = frames / (time.perf_counter() - started)
         print(f"run.py, one process per video: {frames} frames, {single:.1f} frames/s", flush=True)
@@ -37,9 +56,8 @@ def main(args: argparse.Namespace) -> int:
         for actors in args.actors:
             out = Path(scratch) / f"fleet{actors}"
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "fleet", *map(str, args.videos), "--out", str(out),
-                            "--actors", str(actors), "--threads", "1", "--quiet"], check=True,
-                           capture_output=True)
+            run_step([sys.executable, "-m", "fleet", *map(str, args.videos), "--out", str(out),
+                      "--actors", str(actors), "--threads", "1", "--quiet"])
             wall = time.perf_counter() - started
             job = json.loads((out / "job.json").read_text())
             rows[f"fleet_{actors}_actors_fps"] = job["frames"] / wall

@@ -38,11 +38,11 @@ import numpy as np
 
 import engines
 from engines.base import EngineError
-from engines.files import write_atomically
+from engines.files import OutputError, check_writable, write_atomically
 from engines.frame_fit import content_labels, to_input
 from engines.hood import HoodFinder, ego_label, hood_from_spec, profile_mask, scan_video
 from realtime.render import Palette, overlay, parse_class_selection
-from realtime.sinks import SinkError, VideoSink, check_writable
+from realtime.sinks import SinkError, VideoSink
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts")
 DECODE_CPUS = 0.5  # a decode task is lighter than inference
@@ -286,10 +286,6 @@ class VideoWriterSet:
             (self.folder / name).unlink(missing_ok=True)
 
 
-class OutputError(RuntimeError):
-    """Writing a video's outputs failed (disk full, folder removed); the job stops."""
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
     write_atomically(path, json.dumps(data, indent=2))
 
@@ -320,7 +316,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: --out {args.out}: cannot create it ({error.strerror}); choose another "
               "folder", file=sys.stderr)
         return 2
-    except SinkError as error:
+    except OutputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     failures, skipped, items, planned = [], [], [], {}
@@ -415,7 +411,7 @@ def write_outputs(dataset: Any, planned: dict[str, tuple[int, float]], classes: 
             current.add(int(row["frame"]), row["shares"], row["overlay"])
         if current is not None:
             results[str(current.video)] = current.finish(time.perf_counter() - started)
-    except (SinkError, OSError) as error:
+    except (OutputError, OSError) as error:
         # A full disk or a vanished folder stops the job: the video being written leaves no
         # output that looks complete, the ones finished before it keep theirs.
         video = current.video if current is not None else "a video"

@@ -21,17 +21,17 @@ import numpy as np
 import engines
 from engines.autoselect import int8_may_saturate
 from engines.base import EngineError
-from engines.files import write_atomically
+from engines.files import OutputError, check_writable, write_atomically
 from engines.hood import HOOD_HELP, hood_from_spec
 from realtime.pipeline import Pipeline, PipelineError, PipelineOptions, StopReason
 from realtime.render import parse_class_selection
-from realtime.sinks import (MetricsSink, SinkError, VideoSink, Window, check_writable,
-                            display_problem, is_folder_spec, open_sink)
+from realtime.sinks import (MetricsSink, SinkError, VideoSink, Window, display_problem,
+                            is_folder_spec, open_sink)
 from realtime.web import WebSink
 from realtime.sources import SourceError, open_source, source_kind
 from realtime.telemetry import format_summary, keep_frame_memory, peak_rss_mb
 
-USER_ERRORS = (EngineError, SourceError, SinkError)
+USER_ERRORS = (EngineError, SourceError, OutputError)  # SinkError is an OutputError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 MAX_FPS = 1000.0

@@ -24,7 +24,7 @@ from typing import IO
 import cv2
 import numpy as np
 
-from engines.files import write_atomically
+from engines.files import OutputError, check_writable, write_atomically
 
 # Containers and how they are written: H.264 through PyAV (plays in browsers and phones), as
 # fragmented MP4 so that a hard kill leaves a playable file; Motion-JPEG AVI through OpenCV.
@@ -37,7 +37,7 @@ FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "fra
                   "flush_packets": "1"}
 
 
-class SinkError(RuntimeError):
+class SinkError(OutputError):
     """An output that cannot be written; the message names the problem and the fix."""
 
 
@@ -61,28 +61,6 @@ class Sink:
 
     def close(self) -> None:
         """Finish the output; raise SinkError if that fails (the run then fails)."""
-
-
-def check_writable(path: Path, what: str) -> None:
-    """Fail before the run starts when an output cannot be created."""
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise SinkError(f"{what} {path}: folder {parent} does not exist; create it or choose "
-                        "another path")
-    if not os.access(parent, os.W_OK):
-        raise SinkError(f"{what} {path}: folder {parent} is not writable; choose another path")
-    if path.is_dir():
-        raise SinkError(f"{what} {path} is a folder; give a file name")
-    # The mode bits are not the last word (root, read-only mounts, /proc): create the file now,
-    # without truncating one that exists and without blocking on a FIFO, and remove it again.
-    existed = path.exists()
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK, 0o666))
-    except OSError as error:
-        raise SinkError(f"{what} {path}: cannot create it ({error.strerror}); choose another "
-                        "path") from None
-    if not existed:
-        path.unlink(missing_ok=True)
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:

@@ -75,7 +75,11 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: the app stopped early:\n{process.stderr.read()}", file=sys.stderr)
             return 1
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
+        _, stderr = process.communicate(timeout=30)
+        if not summary.exists():
+            print(f"error: the app wrote no summary (exit {process.returncode}):\n{stderr}",
+                  file=sys.stderr)
+            return 1
         report = json.loads(summary.read_text())
         written = len(metrics.read_text().splitlines())
         warm = [value for seconds, value in series if seconds >= args.warmup]
@@ -105,7 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds before growth counts")
     parser.add_argument("--max-growth", type=float, default=20.0, help="MB")
     parser.add_argument("--json", type=Path, default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not (args.minutes > 0 and args.every > 0):
+        parser.error("--minutes and --every must be above 0")
+    return args
 
 
 if __name__ == "__main__":

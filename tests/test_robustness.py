@@ -17,7 +17,7 @@ from engines.labels import CAMVID_VOID, EGO_CLASS, TRAIN_IGNORE
 from engines.metrics import ConfusionMatrix
 from training import reference
 from training.augment import RealHoods, RobustAugment, paint_hood
-from training.camvid import CamVid
+from engines.camvid import CamVid
 from training.corruptions import CORRUPTIONS, corrupt_frames
 from training.data import load_splits, void_to_train_labels
 

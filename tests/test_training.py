@@ -16,7 +16,7 @@ import engines
 from training import evaluate as evaluate_cli
 from training import export as export_cli
 from training import frontier, train
-from training.camvid import CamVid
+from engines.camvid import CamVid
 from training.augment import CopyPaste, class_mix
 from training.data import augment_batch, load_splits, void_to_train_labels
 from engines.checkpoint import load_checkpoint_model

@@ -28,8 +28,8 @@ import numpy as np
 
 import engines
 from engines.base import Engine
+from engines.camvid import CamVid
 from engines.metrics import evaluate_engine
-from training.camvid import CamVid
 
 
 def parse_variant(text: str) -> tuple[str, Path, str]:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from engines.camvid import CamVid, DatasetError
 from engines.labels import CAMVID_VOID
-from training.camvid import CamVid, DatasetError  # noqa: F401 - re-exported
 
 
 def load_splits(root: Path, splits: list[str], limit: int | None = None,

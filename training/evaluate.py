@@ -17,9 +17,9 @@ from pathlib import Path
 
 import engines
 from engines.base import Engine, EngineError
+from engines.camvid import CamVid, DatasetError
 from engines.frames import listed_names
 from engines.metrics import evaluate_engine, format_table
-from training.camvid import CamVid, DatasetError
 from training.corruptions import CORRUPTIONS, corrupt_frames
 
 

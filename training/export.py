@@ -25,14 +25,14 @@ import onnx
 import torch
 from torch import nn
 
-from engines.checkpoint import (checkpoint_classes, checkpoint_input_size, load_checkpoint_model,
+from engines.camvid import CamVid
+from engines.checkpoint import (CheckpointError, checkpoint_classes, checkpoint_input_size, load_checkpoint_model,
                                 total_epochs)
 from engines.contract import INPUT_NAME, OUTPUT_NAME, contract_metadata, write_metadata
 from engines.contract_wrapper import MEAN_BGR, STD_BGR, ContractWrapper, preprocess_bgr
-from engines.files import file_sha256
+from engines.files import OutputError, check_writable, file_sha256
 from engines.frames import FramesError, sample_frames
 from engines.labels import CAMVID_CLASSES, ClassInfo
-from training.camvid import CamVid
 
 # Training arguments an exported model records as its recipe.
 RECIPE_KEYS = ("lr", "batch_size", "crop", "scale", "seed", "final_crop", "final_epochs", "robust",
@@ -121,9 +121,10 @@ def recalibrate_batchnorm(net: nn.Module, frames: np.ndarray, mix: float = 0.5,
 
 def main(args: argparse.Namespace) -> int:
     try:
+        check_writable(args.out, "--out")
         net, checkpoint = load_checkpoint_model(args.checkpoint, args.weights)
-    except (OSError, KeyError, RuntimeError, ValueError) as error:
-        print(f"error: cannot export {args.checkpoint}: {error}")
+    except (OutputError, CheckpointError) as error:
+        print(f"error: {error}")
         return 2
     provenance = checkpoint_provenance(checkpoint, args.checkpoint, args.weights)
     default_height, default_width = checkpoint_input_size(checkpoint)

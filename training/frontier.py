@@ -23,8 +23,8 @@ import numpy as np
 
 import engines
 from engines.base import Engine
-from training.camvid import CamVid
-from engines.checkpoint import load_checkpoint_model, total_epochs
+from engines.camvid import CamVid
+from engines.checkpoint import CheckpointError, load_checkpoint_model, total_epochs
 from engines.metrics import evaluate_engine
 from engines.roadsegnet import CONFIGS, RoadSegNet, build_model, count_flops, count_parameters
 from training.export import export_onnx
@@ -108,7 +108,11 @@ def main(args: argparse.Namespace) -> int:
         val = (dataset.load_images(args.limit), dataset.load_labels(args.limit))
     points = []
     for path in args.checkpoint:
-        net, checkpoint = load_checkpoint_model(path)
+        try:
+            net, checkpoint = load_checkpoint_model(path)
+        except CheckpointError as error:
+            print(f"error: {error}")
+            return 2
         points.append((f"{checkpoint['args']['model_size']} ({total_epochs(checkpoint)} ep)", net))
     if not points:
         points = [(name, build_model(name).eval()) for name in CONFIGS]

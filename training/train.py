@@ -34,8 +34,9 @@ from engines.labels import (CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, ROADSEG_CLAS
 from engines.metrics import ConfusionMatrix, format_table
 from training.augment import (CopyPaste, RealHoods, RobustAugment, class_mix,
                               expected_hood_share, paint_hood)
-from training.data import (DatasetError, augment_batch, class_weights, iterate_batches, load_splits,
+from training.data import (augment_batch, class_weights, iterate_batches, load_splits,
                            void_to_train_labels)
+from engines.camvid import DatasetError
 from engines.checkpoint import load_checkpoint_model, total_epochs
 from engines.frames import FramesError, listed_names, sample_frames
 from engines.contract import DEFAULT_INPUT_SIZE
