@@ -25,8 +25,8 @@ from engines.files import OutputError, check_writable, write_atomically
 from engines.hood import HOOD_HELP, hood_from_spec
 from realtime.pipeline import Pipeline, PipelineError, PipelineOptions, StopReason
 from realtime.render import parse_class_selection
-from realtime.sinks import (MetricsSink, SinkError, VideoSink, Window, display_problem,
-                            is_folder_spec, open_sink)
+from realtime.sinks import (MaskFolderSink, MetricsSink, SinkError, VideoSink, Window,
+                            display_problem, is_folder_spec, open_sink)
 from realtime.web import WebSink
 from realtime.sources import SourceError, open_source, source_kind
 from realtime.telemetry import format_summary, keep_frame_memory, peak_rss_mb
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--save", action="append", default=[], metavar="FILE|DIR/",
                      help="write the overlay: a video (.mp4/.mkv/.mov H.264, .avi MJPEG) or a "
                           "folder of PNGs (ends in /); repeat for several")
+    out.add_argument("--save-masks", type=Path, default=None, metavar="DIR",
+                     help="write the class ids themselves: one single-channel PNG per frame "
+                          "(pixel = class id, the frame's size) and classes.json")
     out.add_argument("--serve", default=None, metavar="[HOST:]PORT",
                      help="live web view: / page with charts, /stream.mjpg, /stats (binds "
                           "127.0.0.1 unless a host is given; port 0 picks a free one)")
@@ -161,13 +164,19 @@ def check_outputs(args: argparse.Namespace) -> None:
     the input."""
     reads = input_paths(args)
     outputs = [("--save", spec) for spec in args.save]
+    if args.save_masks is not None:
+        overlays = [Path(spec).resolve() for spec in args.save if is_folder_spec(spec)]
+        if args.save_masks.resolve() in overlays:
+            raise SinkError(f"--save-masks {args.save_masks} is also a --save folder; masks and "
+                            "overlays share names. Choose two folders")
+        outputs.append(("--save-masks", args.save_masks))
     for flag, spec in [*outputs, ("--metrics", args.metrics), ("--summary-json", args.summary_json)]:
         if spec is None:
             continue
         path = Path(spec)
-        folder_form = flag == "--save" and is_folder_spec(spec)
+        folder_form = flag == "--save-masks" or (flag == "--save" and is_folder_spec(spec))
         if folder_form and any(p.parent == path.resolve() for p in reads):
-            raise SinkError(f"--save {spec} is the input folder; its PNGs would overwrite the input "
+            raise SinkError(f"{flag} {spec} is the input folder; its PNGs would overwrite the input "
                             "images. Choose another folder")
         if path.resolve() in reads:
             raise SinkError(f"{flag} {path} is the input file; writing it would destroy the input. "
@@ -280,6 +289,9 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
         for spec in args.save:
             sinks.append(open_sink(spec, fps))
             opened.append(sinks[-1])
+        if args.save_masks is not None:
+            sinks.append(MaskFolderSink(args.save_masks, engine.info.classes))
+            opened.append(sinks[-1])
         if args.metrics:
             sinks.append(MetricsSink(args.metrics))
             opened.append(sinks[-1])
@@ -288,8 +300,8 @@ def build_pipeline(args: argparse.Namespace) -> Pipeline:
             opened.append(sinks[-1])
         show = check_display(args.show)
         if not (show or sinks or args.summary_json):
-            print("warning: no window (no display) and no --save, --metrics, --serve or "
-                  "--summary-json: this run only prints its summary", file=sys.stderr)
+            print("warning: no window (no display) and no --save, --save-masks, --metrics, --serve "
+                  "or --summary-json: this run only prints its summary", file=sys.stderr)
         window = Window(f"roadseg - {source.name}") if show else None
         options = PipelineOptions(pace=pace, max_frames=args.max_frames, alpha=args.alpha,
                                   shown_ids=shown, outline=args.outline, hud=args.hud,

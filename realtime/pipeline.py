@@ -368,6 +368,7 @@ class Pipeline:
                     state.legend = make_legend(self.engine.info.classes, self.palette,
                                                self.options.shown_ids, frame.shape[:2])
                 paste_legend(frame, state.legend)
+        packet.labels = labels  # what --save-masks writes: the hood labelled
         packet.timings.update(render=render.ms, render_cpu=render.cpu_ms)
         # Hand over to the output thread, so encoding the video overlaps the next overlay.
         self.rendered.put((packet, frame), self.stop_event)
@@ -394,6 +395,7 @@ class Pipeline:
             with write:
                 for sink in self.sinks:
                     sink.write_frame(frame, packet.source_name)
+                    sink.write_labels(packet.labels, frame.shape[:2], packet.source_name)
                 if self.window is not None:
                     self.to_window.put(frame, self.stop_event)
             # Record the frame's timings (the HUD reads the smoothed latency and display rate).

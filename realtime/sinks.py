@@ -4,9 +4,9 @@
     sink = open_sink("overlays/", fps=30)     # a folder: one PNG per frame, named after the input
     sink = open_sink("metrics.jsonl", fps=30) # one JSON line of telemetry per frame
 
-The pipeline hands every sink each rendered frame (`write_frame`) and then the frame's
-telemetry record (`write_record`), on the render thread, and closes them all on every exit
-path. The window is the main-thread special case (`Window`); the web view is realtime.web.
+The pipeline hands every sink each rendered frame (`write_frame`), its class ids
+(`write_labels`; `MaskFolderSink`, `--save-masks`, writes those) and then the frame's telemetry
+record (`write_record`), on the output thread, and closes them all on every exit path. The window is the main-thread special case (`Window`); the web view is realtime.web.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import cv2
 import numpy as np
 
 from engines.files import OutputError, check_writable, write_atomically
+from engines.labels import ClassInfo, classes_to_json
+from realtime.render import upsample_labels
 
 # Containers and how they are written: H.264 through PyAV (plays in browsers and phones), as
 # fragmented MP4 so that a hard kill leaves a playable file; Motion-JPEG AVI through OpenCV.
@@ -55,6 +57,11 @@ class Sink:
 
     def write_frame(self, frame: np.ndarray, source_name: str | None) -> None:
         """A rendered BGR frame; `source_name` is the input image's file name, if any."""
+
+    def write_labels(self, labels: np.ndarray, frame_size: tuple[int, int],
+                     source_name: str | None) -> None:
+        """The frame's class ids at the model's output resolution, the hood already labelled;
+        `frame_size` is the frame's (height, width)."""
 
     def write_record(self, record: dict) -> None:
         """The frame's telemetry (index, capture time, stage times, drops)."""
@@ -242,30 +249,56 @@ class ImageFolderSink(Sink):
     folder or glob (frame_000123.png otherwise); each is written to a temporary name and
     renamed, so the folder never holds half a file."""
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path, flag: str = "--save"):
+        self.folder, self.flag = Path(folder), flag
         self.name = f"{self.folder}/"
         if self.folder.exists() and not self.folder.is_dir():
-            raise SinkError(f"--save {folder}: {self.folder} is a file; give a folder ending in /")
+            raise SinkError(f"{flag} {folder}: {self.folder} is a file; give a folder ending in /")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise SinkError(f"--save {folder}: cannot create the folder ({error.strerror})") from None
-        check_writable(self.folder / "probe.png", "--save")
+            raise SinkError(f"{flag} {folder}: cannot create the folder ({error.strerror})") from None
+        check_writable(self.folder / "probe.png", flag)
         self.frames = 0
 
     def write_frame(self, frame: np.ndarray, source_name: str | None = None) -> None:
+        self._write_png(frame, source_name)
+
+    def _write_png(self, image: np.ndarray, source_name: str | None) -> None:
         stem = Path(source_name).stem if source_name else f"frame_{self.frames:06d}"
         target = self.folder / f"{stem}.png"
-        ok, encoded = cv2.imencode(".png", frame)
+        ok, encoded = cv2.imencode(".png", image)
         try:
             if not ok:
                 raise OSError(0, "PNG encoding failed")
             write_atomically(target, encoded.tobytes())
         except OSError as error:
-            raise SinkError(f"--save {self.folder}/: writing {target.name} failed "
+            raise SinkError(f"{self.flag} {self.folder}/: writing {target.name} failed "
                             f"({error.strerror}); the {self.frames} PNGs before it are complete") from None
         self.frames += 1
+
+
+class MaskFolderSink(ImageFolderSink):
+    """`--save-masks DIR/`: the class ids themselves, one single-channel PNG per frame (lossless,
+    pixel value = class id), named like the overlays, with the class table beside them as
+    `classes.json` (the `--labels` format), for evaluation or a downstream planner."""
+
+    def __init__(self, folder: str | Path, classes: list[ClassInfo]):
+        super().__init__(folder, "--save-masks")
+        try:
+            entries = ",\n  ".join(json.dumps(entry) for entry in classes_to_json(classes))
+            write_atomically(self.folder / "classes.json", f'{{"classes": [\n  {entries}\n]}}\n')
+        except OSError as error:
+            raise SinkError(f"--save-masks {folder}: writing classes.json failed "
+                            f"({error.strerror})") from None
+
+    def write_frame(self, frame: np.ndarray, source_name: str | None = None) -> None:
+        """The overlay is not a mask: nothing to write."""
+
+    def write_labels(self, labels: np.ndarray, frame_size: tuple[int, int],
+                     source_name: str | None) -> None:
+        # At the frame's own size, nearest-neighbour, so a mask lies exactly over its frame.
+        self._write_png(upsample_labels(labels, *frame_size), source_name)
 
 
 def open_sink(spec: str | Path, fps: float) -> Sink:

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 import engines
@@ -186,3 +188,45 @@ def test_second_inference_thread_only_when_the_engine_is_not_clearly_smaller(ass
     # The default model against a thumbnail's stages: inference needs both threads.
     with engines.load(engines.DEFAULT_MODEL, "onnxruntime", threads=1) as default:
         assert not engine_is_clearly_smaller(default, (60, 80))
+
+
+def test_saved_masks_are_the_engines_class_ids_at_each_frames_size(tmp_path):
+    from engines.frame_fit import content_labels, to_input
+    from engines.labels import load_labels_file
+    from realtime.render import upsample_labels
+
+    camvid = camvid_or_skip()
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    # Two CamVid frames as they are (the model's input size) and one at twice the size.
+    paths = sorted((camvid / "val").glob("*.png"))[:3]
+    for index, path in enumerate(paths):
+        image = cv2.imread(str(path))
+        if index == 2:
+            image = cv2.resize(image, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)
+        cv2.imwrite(str(folder / path.name), image)
+    masks = tmp_path / "masks"
+    result = run_app("--images", str(folder), "--headless", "--backend", "onnxruntime",
+                     "--hood", "off", "--save-masks", str(masks))
+    assert result.returncode == 0, result.stderr
+    with engines.load(engines.DEFAULT_MODEL, "onnxruntime") as engine:
+        info = engine.info
+        assert [c.name for c in load_labels_file(masks / "classes.json")["classes"]] == \
+            [c.name for c in info.classes]
+        for path in paths:
+            frame = cv2.imread(str(folder / path.name))
+            mask = cv2.imread(str(masks / path.name), cv2.IMREAD_UNCHANGED)
+            assert mask.dtype == np.uint8 and mask.shape == frame.shape[:2]
+            labels = engine.infer(to_input(frame, info.input_size, info.resize)[None])[0]
+            labels = content_labels(labels, frame.shape[:2], info.input_size, info.resize)
+            expected = upsample_labels(labels, *frame.shape[:2])
+            assert (mask == expected).mean() > 0.999
+            assert mask.max() < len(info.classes)
+
+
+def test_masks_into_the_overlay_folder_are_refused(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((48, 64, 3), np.uint8))
+    result = run_app("--images", str(tmp_path / "*.png"), "--headless", "--save",
+                     f"{tmp_path}/out/", "--save-masks", f"{tmp_path}/out")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "--save-masks" in errors[0], result.stderr
