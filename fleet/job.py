@@ -291,6 +291,16 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run the job; Ctrl-C stops it with one line, keeping every video finished so far."""
+    try:
+        return run_job(args)
+    except KeyboardInterrupt:
+        print(f"interrupted: each video with a summary.json under {args.out} is complete; a rerun "
+              "with the same --out does the rest", file=sys.stderr)
+        return 130
+
+
+def run_job(args: argparse.Namespace) -> int:
     import ray
     import ray.data
 
@@ -344,26 +354,8 @@ def main(args: argparse.Namespace) -> int:
                          math.ceil(args.actors * args.threads + DECODE_CPUS))
         ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False, **({} if args.address else {"num_cpus": local_cpus}))
-        # Each recording's hood, one Ray task per video (it reads the recording's first seconds).
-        find = ray.remote(num_cpus=DECODE_CPUS)(find_video_hood)
-        found = ray.get([find.remote(video, fps, args.hood) for video, (_, fps) in planned.items()])
-        hoods = {video: hood for video, hood in zip(planned, found, strict=True) if hood is not None}
-        if hoods:
-            print(f"a hood in {len(hoods)} of {len(planned)} videos: labelled ego in all their frames "
-                  f"(--hood {args.hood})", file=sys.stderr)
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True  # frames come back in video order
-        context.enable_progress_bars = not args.quiet
-        per_actor = {"num_gpus": args.gpus_per_actor} if args.gpus_per_actor else {"num_cpus": args.threads}
-        dataset = (ray.data.from_items(items, override_num_blocks=len(items))
-                   .flat_map(decode_range, num_cpus=DECODE_CPUS)
-                   .map_batches(Segmenter, batch_size=args.batch,
-                                fn_constructor_kwargs={"model": str(args.model), "backend": args.backend,
-                                                       "threads": args.threads, "video": not args.no_video,
-                                                       "classes": args.classes, "hoods": hoods},
-                                compute=ray.data.ActorPoolStrategy(size=args.actors), **per_actor))
         try:
-            results = write_outputs(dataset, planned, classes, args, failures, folders, hoods)
+            results = run_on_ray(ray, items, planned, classes, args, failures, folders)
         except OutputError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
@@ -382,6 +374,32 @@ def main(args: argparse.Namespace) -> int:
     for failure in failures:
         print(f"failed: {failure['video']}: {failure['error']}", file=sys.stderr)
     return 0 if not failures else 1
+
+
+def run_on_ray(ray: Any, items: list[dict[str, Any]], planned: dict[str, tuple[int, float]],
+               classes: list, args: argparse.Namespace, failures: list[dict[str, str]],
+               folders: dict[str, Path]) -> dict[str, Any]:
+    """Find each recording's hood, then decode, segment and write every range; returns the
+    finished videos' summaries."""
+    # Each recording's hood, one Ray task per video (it reads the recording's first seconds).
+    find = ray.remote(num_cpus=DECODE_CPUS)(find_video_hood)
+    found = ray.get([find.remote(video, fps, args.hood) for video, (_, fps) in planned.items()])
+    hoods = {video: hood for video, hood in zip(planned, found, strict=True) if hood is not None}
+    if hoods:
+        print(f"a hood in {len(hoods)} of {len(planned)} videos: labelled ego in all their frames "
+              f"(--hood {args.hood})", file=sys.stderr)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # frames come back in video order
+    context.enable_progress_bars = not args.quiet
+    per_actor = {"num_gpus": args.gpus_per_actor} if args.gpus_per_actor else {"num_cpus": args.threads}
+    dataset = (ray.data.from_items(items, override_num_blocks=len(items))
+               .flat_map(decode_range, num_cpus=DECODE_CPUS)
+               .map_batches(Segmenter, batch_size=args.batch,
+                            fn_constructor_kwargs={"model": str(args.model), "backend": args.backend,
+                                                   "threads": args.threads, "video": not args.no_video,
+                                                   "classes": args.classes, "hoods": hoods},
+                            compute=ray.data.ActorPoolStrategy(size=args.actors), **per_actor))
+    return write_outputs(dataset, planned, classes, args, failures, folders, hoods)
 
 
 def write_outputs(dataset: Any, planned: dict[str, tuple[int, float]], classes: list,
@@ -411,6 +429,10 @@ def write_outputs(dataset: Any, planned: dict[str, tuple[int, float]], classes: 
             current.add(int(row["frame"]), row["shares"], row["overlay"])
         if current is not None:
             results[str(current.video)] = current.finish(time.perf_counter() - started)
+    except KeyboardInterrupt:
+        if current is not None:  # the video being written is left as if never started
+            current.abandon()
+        raise
     except (OutputError, OSError) as error:
         # A full disk or a vanished folder stops the job: the video being written leaves no
         # output that looks complete, the ones finished before it keep theirs.

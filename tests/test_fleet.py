@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -120,6 +122,36 @@ def test_disk_full_stops_the_job_and_keeps_the_finished_videos(full_disk, tmp_pa
     assert json.loads((full_disk / "a" / "summary.json").read_text())["frames"] == 20
     assert pq.read_table(full_disk / "a" / "frames.parquet").num_rows == 20
     assert sorted(p.name for p in (full_disk / "b").iterdir()) == []
+
+
+def test_ctrl_c_keeps_the_finished_videos_and_the_rerun_does_the_rest(tmp_path):
+    model = contract_model(tmp_path / "tiny.onnx", size=(96, 128))
+    inputs, out = tmp_path / "archive", tmp_path / "out"
+    inputs.mkdir()
+    for name in "abcdef":
+        write_video(inputs / f"{name}.mp4", 90, size=(320, 240))
+    command = [sys.executable, "-m", "fleet", str(inputs), "--out", str(out), "--model", str(model),
+               "--num-cpus", "2", "--quiet", "--chunk", "30"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    # Interrupt once the first video is complete, while others are still being written.
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*/summary.json")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted:" in stderr, stderr
+    finished = {path.parent.name for path in out.glob("*/summary.json")}
+    assert finished and not list(out.glob("*/.*partial*")), sorted(out.rglob("*"))
+    for name in finished:
+        assert pq.read_table(out / name / "frames.parquet").num_rows == 90
+    # The rerun skips what is complete and does the rest.
+    rerun = run_fleet(str(inputs), "--out", str(out), "--model", str(model), "--chunk", "30")
+    assert rerun.returncode == 0, rerun.stderr
+    job = json.loads((out / "job.json").read_text())
+    assert len(job["skipped"]) == len(finished) and job["done"] == 6 - len(finished)
 
 
 def test_fsspec_urls_are_read(tmp_path):
