@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training tests need the [train] extra (torch)")
 
-from helpers import camvid_or_skip, write_camvid_video
+from helpers import REPO, camvid_or_skip, write_camvid_video
 
 import engines
 from training import evaluate as evaluate_cli
@@ -65,6 +69,30 @@ def test_checkpoint_reloads_strictly_and_resumes(tiny_run):
                              "--resume", str(out / "last.pt")])
     assert train.main(args) == 0
     assert load_checkpoint_model(out / "last.pt")[1]["epoch"] == 12
+
+
+def test_ctrl_c_keeps_a_resumable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    common = ["--data", str(camvid_or_skip()), "--limit", "2", "--crop", "96", "128", "--scale",
+              "0.3", "0.3", "--batch-size", "2", "--model-size", "small", "--threads", "1",
+              "--eval-every", "1000", "--amp", "none", "--no-progress", "--out", str(out)]
+    process = subprocess.Popen([sys.executable, "-m", "training.train", *common, "--epochs", "1000"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (out / "log.jsonl").exists() and len((out / "log.jsonl").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "continue with --resume" in stdout.splitlines()[-1], stdout
+    finished = load_checkpoint_model(out / "last.pt")[1]["epoch"] + 1
+    assert finished >= 1  # the log line of an epoch is written just before its checkpoint
+    # The same command with --resume goes on from the next epoch.
+    args = train.parse_args([*common, "--epochs", str(finished + 1), "--resume", str(out / "last.pt")])
+    assert train.main(args) == 0
+    assert load_checkpoint_model(out / "last.pt")[1]["epoch"] + 1 == finished + 1
 
 
 def test_warm_restart_counts_prior_epochs_in_exported_provenance(tiny_run, tmp_path):

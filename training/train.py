@@ -411,41 +411,49 @@ def main(args: argparse.Namespace) -> int:
           f"{args.amp} autocast, {'channels-last' if args.channels_last else 'NCHW'}")
 
     metrics: dict[str, Any] = {}
-    for epoch in range(start_epoch, args.epochs):
-        started = time.perf_counter()
-        loss = train_one_epoch(model, optimizer, train_images, train_labels, weights, args,
-                               epoch, generator, augment, real_hoods, teacher, copy_paste, ema,
-                               target_frames)
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss, "crop": crop_for_epoch(args, epoch),
-                                  "seconds": time.perf_counter() - started}
-        # A diverged step must not overwrite the last good checkpoint.
-        if not math.isfinite(loss):
-            print(json.dumps(record))
-            print("loss is not finite; stopping with last.pt as it was (lower --lr and --resume)")
-            return 1
-        epoch_metrics: dict[str, Any] = {}
-        last_epoch = epoch + 1 == args.epochs
-        if (epoch + 1) % args.eval_every == 0 or last_epoch:
-            for name, (images, labels) in validations.items():
-                epoch_metrics[name] = evaluate(model, images, labels, args.device)
-                record.update({f"{name}_miou": epoch_metrics[name]["mean_iou"],
-                               f"{name}_road_iou": epoch_metrics[name]["per_class_iou"]["Road"]})
-                if ema is not None:
-                    averaged = evaluate(ema.module, images, labels, args.device)
-                    record.update({f"ema_{name}_miou": averaged["mean_iou"],
-                                   f"ema_{name}_road_iou": averaged["per_class_iou"]["Road"]})
-            metrics = epoch_metrics["val"] | {"holdout": epoch_metrics.get("holdout")}
-        print(json.dumps(record), flush=True)
-        with open(args.out / "log.jsonl", "a") as log:
-            log.write(json.dumps(record) + "\n")
-        # "best" follows the drive-disjoint validation when there is one (it predicts the test).
-        selection = epoch_metrics.get("holdout", epoch_metrics.get("val"))
-        if selection and selection["mean_iou"] > best_miou:
-            best_miou = selection["mean_iou"]
-            save_checkpoint(args.out / "best.pt", model, optimizer, epoch, args, best_miou,
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            started = time.perf_counter()
+            loss = train_one_epoch(model, optimizer, train_images, train_labels, weights, args,
+                                   epoch, generator, augment, real_hoods, teacher, copy_paste, ema,
+                                   target_frames)
+            record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss, "crop": crop_for_epoch(args, epoch),
+                                      "seconds": time.perf_counter() - started}
+            # A diverged step must not overwrite the last good checkpoint.
+            if not math.isfinite(loss):
+                print(json.dumps(record))
+                print("loss is not finite; stopping with last.pt as it was (lower --lr and --resume)")
+                return 1
+            epoch_metrics: dict[str, Any] = {}
+            last_epoch = epoch + 1 == args.epochs
+            if (epoch + 1) % args.eval_every == 0 or last_epoch:
+                for name, (images, labels) in validations.items():
+                    epoch_metrics[name] = evaluate(model, images, labels, args.device)
+                    record.update({f"{name}_miou": epoch_metrics[name]["mean_iou"],
+                                   f"{name}_road_iou": epoch_metrics[name]["per_class_iou"]["Road"]})
+                    if ema is not None:
+                        averaged = evaluate(ema.module, images, labels, args.device)
+                        record.update({f"ema_{name}_miou": averaged["mean_iou"],
+                                       f"ema_{name}_road_iou": averaged["per_class_iou"]["Road"]})
+                metrics = epoch_metrics["val"] | {"holdout": epoch_metrics.get("holdout")}
+            print(json.dumps(record), flush=True)
+            with open(args.out / "log.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+            # "best" follows the drive-disjoint validation when there is one (it predicts the test).
+            selection = epoch_metrics.get("holdout", epoch_metrics.get("val"))
+            if selection and selection["mean_iou"] > best_miou:
+                best_miou = selection["mean_iou"]
+                save_checkpoint(args.out / "best.pt", model, optimizer, epoch, args, best_miou,
+                                metrics, generator, ema)
+            save_checkpoint(args.out / "last.pt", model, optimizer, epoch, args, best_miou,
                             metrics, generator, ema)
-        save_checkpoint(args.out / "last.pt", model, optimizer, epoch, args, best_miou,
-                        metrics, generator, ema)
+    except KeyboardInterrupt:
+        last = args.out / "last.pt"
+        resume = (f"{last} holds the epochs before it; continue with --resume {last}"
+                  if last.exists() else "no epoch was finished")
+        print(f"interrupted in epoch {epoch + 1}: {resume}")
+        return 130
     if metrics:
         print(format_table(metrics, f"val metrics after {args.epochs} epochs"))
         if metrics.get("holdout"):
