@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from realtime.bench import BenchError
+from realtime.bench import BenchError, run_reporting_errors
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
 
@@ -33,12 +33,8 @@ def run_step(command: list[str]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Measure both ways; a failed run is one `error:` line and exit 2."""
-    try:
-        return benchmark(args)
-    except BenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """Measure both ways."""
+    return run_reporting_errors(benchmark, args)
 
 
 def benchmark(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -191,13 +191,20 @@ class BenchError(RuntimeError):
     """A measurement that cannot be taken (the application's own run failed)."""
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run every model x backend row; bad input or a failed run is an `error:` line, exit 2."""
+def run_reporting_errors(benchmark: Callable[[argparse.Namespace], int],
+                         args: argparse.Namespace) -> int:
+    """Run a benchmark; bad input or a failed run of the app becomes one `error:` line, exit 2
+    (shared by realtime.bench, realtime.bench_io and fleet.bench)."""
     try:
         return benchmark(args)
     except (SourceError, EngineError, BenchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run every model x backend row."""
+    return run_reporting_errors(benchmark, args)
 
 
 def benchmark(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from realtime.bench import BenchError
+from realtime.bench import BenchError, run_reporting_errors
 from realtime.sinks import VideoSink
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
@@ -107,12 +107,8 @@ def encoder_cost(frames: list[np.ndarray], scratch: Path) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run every output configuration; a failed run is an `error:` line, exit 2."""
-    try:
-        return benchmark(args)
-    except BenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """Run every output configuration."""
+    return run_reporting_errors(benchmark, args)
 
 
 def benchmark(args: argparse.Namespace) -> int:
