@@ -17,6 +17,8 @@ import numpy as np
 from engines.base import EngineError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+# Containers a dashcam or phone writes that FFmpeg reads (how a folder of clips is recognised).
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts"})
 
 
 class FramesError(EngineError):
@@ -30,12 +32,18 @@ def _evenly(total: int, count: int) -> list[int]:
     return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)}) if count > 1 else [0]
 
 
-def list_images(source: str | Path) -> list[Path]:
-    """The image files of a folder, or those a glob matches, sorted by name."""
+def list_files(source: str | Path, suffixes: frozenset[str]) -> list[Path]:
+    """The files of a folder, or those a glob matches, with one of `suffixes`, sorted by name."""
     path = Path(source)
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    return sorted(Path(p) for p in glob.glob(str(source)) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+    return sorted(Path(p) for p in glob.glob(str(source))
+                  if Path(p).suffix.lower() in suffixes and Path(p).is_file())
+
+
+def list_images(source: str | Path) -> list[Path]:
+    """The image files of a folder, or those a glob matches, sorted by name."""
+    return list_files(source, IMAGE_SUFFIXES)
 
 
 def _is_video(path: Path) -> bool:

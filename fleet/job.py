@@ -40,11 +40,11 @@ import engines
 from engines.base import EngineError
 from engines.files import OutputError, check_writable, write_atomically
 from engines.frame_fit import content_labels, to_input
+from engines.frames import VIDEO_SUFFIXES
 from engines.hood import HoodFinder, ego_label, hood_from_spec, profile_mask, scan_video
 from realtime.render import Palette, overlay, parse_class_selection
 from realtime.sinks import SinkError, VideoSink
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts")
 DECODE_CPUS = 0.5  # a decode task is lighter than inference
 PRESENT_SHARE = 0.0005  # an object class counts as present above 0.05 % of the frame
 HOOD_SECONDS = 30.0  # --hood auto looks for the hood in this much of each recording's start

@@ -358,6 +358,9 @@ def quiet_libraries(verbose: bool) -> None:
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    # FFmpeg's own log (e.g. "moov atom not found" for a damaged clip) is set when OpenCV
+    # opens its first FFmpeg capture: quiet (AV_LOG_QUIET); the source reports failures itself.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     os.environ.setdefault("QT_LOGGING_RULES", "*=false")  # read when the first window opens
 
 

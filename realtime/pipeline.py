@@ -444,6 +444,7 @@ class Pipeline:
             raise self._error
         stats = self.source.stats
         summary = self.recorder.summary(self.dropped, stats.corrupt, stats.reopened)
+        summary["skipped_files"] = stats.skipped_files
         summary["hood"] = {"mode": self.options.hood, "share": round(self.hood.share(), 4) if self.hood else 0.0,
                            "frames_counted": self.hood.counted if self.hood else 0}
         return summary

@@ -1,4 +1,4 @@
-"""Frame sources: camera, video file, image sequence.
+"""Frame sources: camera, network stream, video file, a folder of video clips, image sequence.
 
 Each source opens eagerly (so bad input fails before any thread starts, with one clear line)
 and then yields decoded BGR frames. Unreadable frames are skipped and counted; a camera that
@@ -8,6 +8,7 @@ stops delivering is reopened with back-off.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import signal
 import threading
@@ -19,7 +20,9 @@ from typing import Any, Callable, Iterator
 import cv2
 import numpy as np
 
-from engines.frames import IMAGE_SUFFIXES
+from engines.frames import IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_files
+
+log = logging.getLogger("source")
 
 # A video whose decoder fails this many times in a row has ended (or is truncated).
 MAX_CONSECUTIVE_DECODE_FAILURES = 25
@@ -35,6 +38,7 @@ class SourceStats:
 
     corrupt: int = 0  # frames that could not be decoded and were skipped
     reopened: int = 0  # camera reconnects
+    skipped_files: int = 0  # clips of a folder of videos that could not be read
 
 
 class Source:
@@ -115,6 +119,68 @@ class VideoSource(Source):
 
     def close(self) -> None:
         self.capture.release()
+
+
+class VideoListSource(Source):
+    """Video files played one after another as one drive, in name order: a dashcam's folder
+    of 1-3 minute segments. The frame rate and size are the first readable clip's; a clip that
+    cannot be read is skipped with one warning; frames are named `<clip>_<frame>.png` for
+    `--save DIR/` and `--save-masks`."""
+
+    def __init__(self, spec: str, paths: list[Path], loop: bool = False):
+        super().__init__()
+        self.name, self.paths, self.loop = spec, paths, loop
+        self._ready: dict[Path, VideoSource] = {}
+        self._unreadable: set[Path] = set()  # warned about once, skipped on every pass
+        # Open eagerly up to the first readable clip, so that a folder of damaged files fails
+        # before any thread starts.
+        for path in paths:
+            if (clip := self._open(path)) is not None:
+                self._ready[path] = clip
+                break
+        else:
+            raise SourceError(f"none of the {len(paths)} videos in {spec} can be read; check them "
+                              "with ffprobe, or re-encode them: ffmpeg -i IN -c:v libx264 OUT.mp4")
+        self.fps, self.frame_size, self.file = clip.fps, clip.frame_size, clip.path
+        log.info("%d clips in %s, played in name order as one drive at %.4g FPS", len(paths),
+                 spec, self.fps)
+
+    def _open(self, path: Path) -> VideoSource | None:
+        try:
+            clip = VideoSource(path)
+        except SourceError as error:
+            self._unreadable.add(path)
+            self.stats.skipped_files += 1
+            log.warning("skipping a clip: %s", error)
+            return None
+        clip.stats = self.stats  # its damaged frames count as this source's
+        return clip
+
+    def frames(self, stop: threading.Event) -> Iterator[np.ndarray]:
+        while not stop.is_set():
+            played = 0
+            for path in self.paths:
+                if path in self._unreadable:
+                    continue
+                clip = self._ready.pop(path, None) or self._open(path)
+                if clip is None:
+                    continue
+                try:
+                    for number, image in enumerate(clip.frames(stop)):
+                        self.current_name = f"{path.stem}_{number:06d}.png"
+                        played += 1
+                        yield image
+                finally:
+                    clip.close()
+                if stop.is_set():
+                    return
+            if not self.loop or played == 0:
+                return
+
+    def close(self) -> None:
+        for clip in self._ready.values():
+            clip.close()
+        self._ready.clear()
 
 
 class CameraSource(Source):
@@ -337,7 +403,11 @@ def source_kind(spec: str) -> str:
     if spec.startswith(STREAM_SCHEMES):
         return "stream"
     path = Path(spec)
-    if path.is_dir() or any(ch in spec for ch in "*?[") or path.suffix.lower() in IMAGE_SUFFIXES:
+    if path.is_dir() or any(ch in spec for ch in "*?["):
+        # A folder or glob of images is a sequence; one of only video clips is a drive.
+        return "images" if list_files(spec, IMAGE_SUFFIXES) or not list_files(spec, VIDEO_SUFFIXES) \
+            else "videos"
+    if path.suffix.lower() in IMAGE_SUFFIXES:
         return "images"
     return "video"
 
@@ -357,6 +427,8 @@ def open_source(video: str | None = None, camera: str | None = None, images: str
         kind, spec = next((name, str(value)) for name, value in explicit.items() if value is not None)
         if kind == "camera" and spec.startswith(STREAM_SCHEMES):
             kind = "stream"
+        if kind == "video" and (Path(spec).is_dir() or any(ch in spec for ch in "*?[")):
+            kind = "videos"  # --video DIR or --video "clips/*.mp4": the clips in name order
     else:
         kind = source_kind(spec)
     options = {"loop": loop, "fps": fps, "camera_size": camera_size, "timeout": timeout}
@@ -366,10 +438,20 @@ def open_source(video: str | None = None, camera: str | None = None, images: str
 # The registry: kind of input → how to open it (source_kind names the kind of a spec).
 SOURCES: dict[str, Callable[..., Source]] = {
     "video": lambda spec, loop, **_: VideoSource(spec, loop=loop),
+    "videos": lambda spec, loop, **_: open_video_list(spec, loop),
     "images": lambda spec, loop, fps, **_: ImageSource(spec, loop=loop, fps=fps or 30.0),
     "stream": lambda spec, timeout, **_: StreamSource(spec, timeout=timeout),
     "camera": lambda spec, camera_size, **_: CameraSource(spec, *(camera_size or (None, None))),
 }
+
+
+def open_video_list(spec: str, loop: bool) -> VideoListSource:
+    """The video clips of a folder or glob, as one source."""
+    paths = list_files(spec, VIDEO_SUFFIXES)
+    if not paths:
+        raise SourceError(f"no videos in {spec} (looked for {', '.join(sorted(VIDEO_SUFFIXES))}); "
+                          "check the folder or quote the glob, e.g. --video \"clips/*.mp4\"")
+    return VideoListSource(spec, paths, loop=loop)
 
 
 def wait_until(deadline: float, stop: threading.Event) -> None:

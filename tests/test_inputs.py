@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import run_app, write_video
+from helpers import count_video_frames, run_app, write_video
 from realtime.sources import source_kind
 from streams import MjpegCamera
 
@@ -40,3 +40,39 @@ def test_every_kind_runs_from_one_positional_argument(assets, tmp_path):
             assert report["frames"] + report["dropped"] == frames, spec
     result = run_app("--input", str(video), "--headless", "--max-frames", "2")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_folder_of_dashcam_clips_plays_as_one_drive(assets, tmp_path):
+    clips = tmp_path / "dashcam"
+    clips.mkdir()
+    write_video(clips / "2026_0001.mp4", 10)
+    (clips / "2026_0002.mp4").write_bytes(b"\x00" * 4096)  # a segment the camera never finished
+    write_video(clips / "2026_0003.mp4", 14)
+    assert source_kind(str(clips)) == "videos" and source_kind(f"{clips}/*.mp4") == "videos"
+    out, summary = tmp_path / "drive.mp4", tmp_path / "s.json"
+    result = run_app(str(clips), "--model", str(assets["tiny"]), "--headless", "--pace", "all",
+                     "--save", str(out), "--save", f"{tmp_path}/frames/",
+                     "--summary-json", str(summary))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "skipping a clip" in line]
+    assert len(warnings) == 1 and "2026_0002.mp4" in warnings[0], result.stderr
+    report = json.loads(summary.read_text())
+    assert report["frames"] == 24 and report["skipped_files"] == 1
+    assert count_video_frames(out)[0] == 24  # one video of the whole drive
+    names = sorted(p.name for p in (tmp_path / "frames").iterdir())
+    assert names[0] == "2026_0001_000000.png" and names[-1] == "2026_0003_000013.png"
+    assert len(names) == 24
+    # --video with a glob is the same drive.
+    again = run_app("--video", f"{clips}/*.mp4", "--model", str(assets["tiny"]), "--headless",
+                    "--pace", "all", "--summary-json", str(summary))
+    assert again.returncode == 0 and json.loads(summary.read_text())["frames"] == 24, again.stderr
+
+
+def test_a_folder_of_only_damaged_clips_is_one_error(assets, tmp_path):
+    for name in ("a.mp4", "b.mov"):
+        (tmp_path / name).write_bytes(b"\x00" * 4096)
+    result = run_app(str(tmp_path), "--model", str(assets["tiny"]), "--headless")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "none of the 2 videos" in errors[0], \
+        result.stderr
+    assert "Traceback" not in result.stderr
