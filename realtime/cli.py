@@ -149,12 +149,18 @@ def input_paths(args: argparse.Namespace) -> set[Path]:
     """The files the run reads (resolved), so that no output can overwrite one of them."""
     spec = args.input or args.input_option
     kind = source_kind(spec) if spec else None
-    video = args.video or (spec if kind == "video" else None)
+    video = args.video or (spec if kind in ("video", "videos") else None)
     images = args.images or (spec if kind == "images" else None)
-    paths = {Path(video).resolve()} if video else set()
-    if images:
-        folder = Path(images)
-        found = folder.iterdir() if folder.is_dir() else map(Path, glob.glob(images))
+    paths: set[Path] = set()
+    # A file, or every file of a folder or glob (image sequences, a folder of clips).
+    for given in filter(None, (video, images)):
+        path = Path(given)
+        if path.is_dir():
+            found = path.iterdir()
+        elif any(ch in given for ch in "*?["):
+            found = map(Path, glob.glob(given))
+        else:
+            found = [path]
         paths.update(p.resolve() for p in found)
     return paths
 

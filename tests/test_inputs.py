@@ -62,6 +62,10 @@ def test_a_folder_of_dashcam_clips_plays_as_one_drive(assets, tmp_path):
     names = sorted(p.name for p in (tmp_path / "frames").iterdir())
     assert names[0] == "2026_0001_000000.png" and names[-1] == "2026_0003_000013.png"
     assert len(names) == 24
+    # An output over one of the clips is refused before the first frame.
+    clash = run_app(str(clips), "--model", str(assets["tiny"]), "--headless", "--save",
+                    str(clips / "2026_0003.mp4"))
+    assert clash.returncode == 2 and "is the input file" in clash.stderr, clash.stderr
     # --video with a glob is the same drive.
     again = run_app("--video", f"{clips}/*.mp4", "--model", str(assets["tiny"]), "--headless",
                     "--pace", "all", "--summary-json", str(summary))
