@@ -130,7 +130,7 @@ class Packet:
     capture_fps: float
     timings: dict[str, float] = field(default_factory=dict)
     labels: np.ndarray | None = None
-    source_name: str | None = None  # the input image's file name (image folders and globs)
+    source_name: str | None = None  # the input image's file name, or <clip>_<frame>.png
     sequence: int = 0  # order in which inference took the frame (render restores this order)
 
 
@@ -409,6 +409,8 @@ class Pipeline:
                           "capture_time": round(packet.captured_at - self.recorder.started, 6),
                           **{f"{k}_ms": round(v, 3) for k, v in packet.timings.items()},
                           "dropped": packet.dropped, "corrupt": packet.corrupt}
+                if packet.source_name:  # which image, or which clip's frame, this was
+                    record["source"] = packet.source_name
                 for sink in self.sinks:
                     sink.write_record(record)
         self.finished.set()  # run() tells the end of input from a stop by stop_reason

@@ -52,7 +52,7 @@ def test_a_folder_of_dashcam_clips_plays_as_one_drive(assets, tmp_path):
     out, summary = tmp_path / "drive.mp4", tmp_path / "s.json"
     result = run_app(str(clips), "--model", str(assets["tiny"]), "--headless", "--pace", "all",
                      "--save", str(out), "--save", f"{tmp_path}/frames/",
-                     "--summary-json", str(summary))
+                     "--summary-json", str(summary), "--metrics", str(tmp_path / "m.jsonl"))
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "skipping a clip" in line]
     assert len(warnings) == 1 and "2026_0002.mp4" in warnings[0], result.stderr
@@ -62,6 +62,8 @@ def test_a_folder_of_dashcam_clips_plays_as_one_drive(assets, tmp_path):
     names = sorted(p.name for p in (tmp_path / "frames").iterdir())
     assert names[0] == "2026_0001_000000.png" and names[-1] == "2026_0003_000013.png"
     assert len(names) == 24
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in records] == names  # each metrics line names its clip and frame
     # An output over one of the clips is refused before the first frame.
     clash = run_app(str(clips), "--model", str(assets["tiny"]), "--headless", "--save",
                     str(clips / "2026_0003.mp4"))
