@@ -22,6 +22,7 @@ from engines.contract import read_contract, record_accuracy
 from engines.files import OutputError, check_writable
 from engines.frames import sample_frames
 from engines.lowering import ACTIVATION_FORMS, CALIBRATION_METHODS, lower_precision
+from engines.tool import run_tool
 
 log = logging.getLogger("calibration")
 
@@ -98,4 +99,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(run_tool(main, parse_args()))

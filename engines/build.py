@@ -32,6 +32,7 @@ from engines.cache import BuildTarget, engine_cache_path, timing_cache_path, wri
 from engines.contract import read_contract
 from engines.files import cache_root, file_sha256
 from engines.tensorrt_runtime import gpu_facts, import_tensorrt
+from engines.tool import run_tool
 
 log = logging.getLogger(__name__)
 
@@ -252,4 +253,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(run_tool(main, parse_args()))

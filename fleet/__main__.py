@@ -1,3 +1,4 @@
+from engines.tool import run_tool
 from fleet.job import main, parse_args
 
-raise SystemExit(main(parse_args()))
+raise SystemExit(run_tool(main, parse_args()))

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from engines.tool import run_tool
 from realtime.bench import BenchError, run_reporting_errors
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
@@ -74,4 +75,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(run_tool(main, parse_args()))

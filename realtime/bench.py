@@ -40,6 +40,7 @@ import numpy as np
 import engines
 from engines.base import Engine, EngineError
 from engines.frame_fit import content_labels, to_input
+from engines.tool import run_tool
 from realtime.render import Palette, overlay, parse_class_selection
 from realtime.sources import Source, SourceError, open_source
 from realtime.telemetry import CPU_STAGES, keep_frame_memory
@@ -297,4 +298,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(run_tool(main, parse_args()))

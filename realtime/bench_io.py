@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engines.tool import run_tool
 from realtime.bench import BenchError, run_reporting_errors
 from realtime.sinks import VideoSink
 
@@ -159,4 +160,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(run_tool(main, parse_args()))

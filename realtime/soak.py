@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engines.tool import run_tool
+
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
 
 
@@ -65,12 +67,18 @@ def main(args: argparse.Namespace) -> int:
         series: list[tuple[float, float]] = []
         started = time.monotonic()
         # Sample RSS until the time is up (or the app stops by itself, which is a failure).
-        while time.monotonic() - started < args.minutes * 60 and process.poll() is None:
-            time.sleep(args.every)
-            value = rss_mb(process.pid)
-            if value is not None:
-                series.append((time.monotonic() - started, value))
-                print(f"{series[-1][0]:6.0f} s  RSS {value:6.1f} MB", flush=True)
+        try:
+            while time.monotonic() - started < args.minutes * 60 and process.poll() is None:
+                time.sleep(args.every)
+                value = rss_mb(process.pid)
+                if value is not None:
+                    series.append((time.monotonic() - started, value))
+                    print(f"{series[-1][0]:6.0f} s  RSS {value:6.1f} MB", flush=True)
+        except KeyboardInterrupt:
+            # Stopped early: the app must not outlive the soak (it loops forever).
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=30)
+            raise
         if process.poll() is not None:
             print(f"error: the app stopped early:\n{process.stderr.read()}", file=sys.stderr)
             return 1
@@ -116,4 +124,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(run_tool(main, parse_args()))

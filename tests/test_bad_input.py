@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -177,3 +179,18 @@ def test_tools_answer_bad_input_with_one_line(tmp_path, module, args, fragment):
     errors = [line for line in output.splitlines() if "error:" in line]
     assert result.returncode == 2 and len(errors) == 1 and fragment in errors[0], output
     assert "Traceback" not in output
+
+
+def test_ctrl_c_stops_a_tool_with_one_line_and_its_child_run(tmp_path):
+    # The soak test runs the app as a child that loops forever: Ctrl-C must end both.
+    process = subprocess.Popen([sys.executable, "-m", "realtime.soak", "--minutes", "10",
+                                "--every", "0.5"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    first = process.stdout.readline()  # the first RSS sample: the child app is running
+    assert "RSS" in first, process.communicate()[1]
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C)"
+    assert children and all(not Path(f"/proc/{pid}").exists() for pid in children)

@@ -30,6 +30,7 @@ import engines
 from engines.base import Engine
 from engines.camvid import CamVid
 from engines.metrics import evaluate_engine
+from engines.tool import run_tool
 
 
 def parse_variant(text: str) -> tuple[str, Path, str]:
@@ -140,4 +141,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(run_tool(main, parse_args()))

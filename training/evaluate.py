@@ -20,6 +20,7 @@ from engines.base import Engine, EngineError
 from engines.camvid import CamVid, DatasetError
 from engines.frames import listed_names
 from engines.metrics import evaluate_engine, format_table
+from engines.tool import run_tool
 from training.corruptions import CORRUPTIONS, corrupt_frames
 
 
@@ -95,4 +96,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(run_tool(main, parse_args()))

@@ -33,6 +33,7 @@ from engines.contract_wrapper import MEAN_BGR, STD_BGR, ContractWrapper, preproc
 from engines.files import OutputError, check_writable, file_sha256
 from engines.frames import FramesError, sample_frames
 from engines.labels import CAMVID_CLASSES, ClassInfo
+from engines.tool import run_tool
 
 # Training arguments an exported model records as its recipe.
 RECIPE_KEYS = ("lr", "batch_size", "crop", "scale", "seed", "final_crop", "final_epochs", "robust",
@@ -174,4 +175,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(run_tool(main, parse_args()))

@@ -27,6 +27,7 @@ from engines.camvid import CamVid
 from engines.checkpoint import CheckpointError, load_checkpoint_model, total_epochs
 from engines.metrics import evaluate_engine
 from engines.roadsegnet import CONFIGS, RoadSegNet, build_model, count_flops, count_parameters
+from engines.tool import run_tool
 from training.export import export_onnx
 
 REALTIME_FPS = 60
@@ -143,4 +144,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(run_tool(main, parse_args()))

@@ -31,6 +31,7 @@ import engines
 from engines.base import Engine, EngineError
 from engines.frames import list_images
 from engines.labels import EGO_CLASS
+from engines.tool import run_tool
 
 TEACHER = Path("../shared/teachers/twinlitenet/twinlitenet.onnx")
 BOTTOM_SHARE = 0.1
@@ -167,4 +168,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(run_tool(main, parse_args()))

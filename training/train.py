@@ -42,6 +42,7 @@ from engines.frames import FramesError, listed_names, sample_frames
 from engines.contract import DEFAULT_INPUT_SIZE
 from engines.contract_wrapper import preprocess_bgr
 from engines.roadsegnet import RoadSegNet, build_model, count_parameters
+from engines.tool import run_tool
 
 AUX_WEIGHT = 0.4
 AUX_LABEL_STRIDE = 4
@@ -544,4 +545,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(run_tool(main, parse_args()))
