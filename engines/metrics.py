@@ -4,14 +4,14 @@ calibration reports and benchmarks."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import cv2
 import numpy as np
 
 from engines.base import Engine
 from engines.frame_fit import content_labels, to_input
-from engines.labels import CAMVID_CLASSES, CAMVID_VOID
+from engines.labels import CAMVID_CLASSES, CAMVID_VOID, ClassInfo
 
 
 @dataclass
@@ -100,27 +100,39 @@ def format_table(summary: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
+def score_label_maps(pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+                     classes: list[ClassInfo]) -> dict[str, Any]:
+    """Score (predicted class ids, CamVid label map) pairs; a prediction of another size is
+    brought to the label's with nearest-neighbour. Only CamVid's 11 classes are scored; a
+    model's extra classes (the ego vehicle) count as misses."""
+    classes = classes[:len(CAMVID_CLASSES)]
+    matrix = ConfusionMatrix(len(classes), ignore_index=CAMVID_VOID)
+    for prediction, truth in pairs:
+        if prediction.shape != truth.shape:
+            prediction = cv2.resize(prediction.astype(np.uint8), truth.shape[::-1],
+                                    interpolation=cv2.INTER_NEAREST)
+        matrix.update(prediction, truth)
+    drivable = [c.id for c in classes if c.group == "drivable"]
+    return matrix.summary([c.name for c in classes], drivable_ids=drivable)
+
+
 def evaluate_engine(engine: Engine, images: np.ndarray, labels: np.ndarray,
                     batch_size: int = 1) -> dict[str, Any]:
     """Run the engine on uint8 BGR frames and score its class ids against CamVid label maps.
 
     Frames are resized to the engine's input size when they differ, and predictions are
-    brought back to the label size with nearest-neighbour, as the renderer does. Only CamVid's
-    11 classes are scored; a model's extra classes (the ego vehicle) count as misses.
+    brought back to the label size with nearest-neighbour, as the renderer does.
     """
-    classes = engine.info.classes[:len(CAMVID_CLASSES)]
-    matrix = ConfusionMatrix(len(classes), ignore_index=CAMVID_VOID)
     height, width = engine.info.input_size
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        if batch.shape[1:3] != (height, width):
-            batch = np.stack([to_input(im, (height, width), engine.info.resize) for im in batch])
-        predictions = engine.infer(batch)
-        for prediction, truth in zip(predictions, labels[start:start + batch_size], strict=True):
-            prediction = content_labels(prediction, images.shape[1:3], (height, width), engine.info.resize)
-            if prediction.shape != truth.shape:
-                prediction = cv2.resize(prediction.astype(np.uint8), truth.shape[::-1],
-                                        interpolation=cv2.INTER_NEAREST)
-            matrix.update(prediction, truth)
-    drivable = [c.id for c in classes if c.group == "drivable"]
-    return matrix.summary([c.name for c in classes], drivable_ids=drivable)
+
+    def predictions() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            if batch.shape[1:3] != (height, width):
+                batch = np.stack([to_input(im, (height, width), engine.info.resize) for im in batch])
+            for prediction, truth in zip(engine.infer(batch), labels[start:start + batch_size],
+                                         strict=True):
+                yield content_labels(prediction, images.shape[1:3], (height, width),
+                                     engine.info.resize), truth
+
+    return score_label_maps(predictions(), engine.info.classes)

@@ -230,3 +230,30 @@ def test_masks_into_the_overlay_folder_are_refused(tmp_path):
                      f"{tmp_path}/out/", "--save-masks", f"{tmp_path}/out")
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "--save-masks" in errors[0], result.stderr
+
+
+def test_masks_a_run_saved_score_as_the_engine_does(tmp_path, capsys):
+    from engines.camvid import CamVid
+    from engines.metrics import evaluate_engine
+    from training import evaluate
+
+    camvid = camvid_or_skip()
+    frames = tmp_path / "val"
+    frames.mkdir()
+    for path in sorted((camvid / "val").glob("*.png"))[:12]:
+        (frames / path.name).symlink_to(path)
+    masks = tmp_path / "masks"
+    result = run_app("--images", str(frames), "--headless", "--backend", "onnxruntime",
+                     "--hood", "off", "--save-masks", str(masks))
+    assert result.returncode == 0, result.stderr
+    report = tmp_path / "masks.json"
+    args = evaluate.parse_args(["--masks", str(masks), "--data", str(camvid), "--split", "val",
+                                "--json", str(report)])
+    assert evaluate.main(args) == 0
+    from_masks = json.loads(report.read_text())
+    dataset = CamVid(camvid, "val")
+    with engines.load(engines.DEFAULT_MODEL, "onnxruntime") as engine:
+        direct = evaluate_engine(engine, dataset.load_images(12), dataset.load_labels(12))
+    assert from_masks["frames"] == 12
+    assert from_masks["mean_iou"] == pytest.approx(direct["mean_iou"], abs=1e-4)
+    assert from_masks["per_class_iou"]["Road"] == pytest.approx(direct["per_class_iou"]["Road"], abs=1e-4)

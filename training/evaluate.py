@@ -6,6 +6,7 @@ on labelled CamVid frames, with the one shared confusion matrix.
     python -m training.evaluate --corrupt all          # clean + each corruption, ratio to clean
     python -m training.evaluate --drives 0006R0 --split train    # one drive of a split
     python -m training.evaluate ... --exclude 'frames/*.png'      # skip frames used by --adapt
+    python -m training.evaluate --masks runs/masks/ --split val  # what a run saved (--save-masks)
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
 
 import engines
 from engines.base import Engine, EngineError
 from engines.camvid import CamVid, DatasetError
 from engines.frames import listed_names
-from engines.metrics import evaluate_engine, format_table
+from engines.labels import CAMVID_CLASSES, LabelsError, load_labels_file
+from engines.metrics import evaluate_engine, format_table, score_label_maps
 from engines.tool import run_tool
 from training.corruptions import CORRUPTIONS, corrupt_frames
 
@@ -27,12 +33,41 @@ from training.corruptions import CORRUPTIONS, corrupt_frames
 def main(args: argparse.Namespace) -> int:
     try:
         dataset = CamVid(args.data, args.split)
+        if args.masks is not None:
+            return score_masks(args.masks, dataset, args)
         engine = engines.load(args.model, args.backend)
-    except (EngineError, DatasetError) as error:
+    except (EngineError, DatasetError, LabelsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     with engine:
         return score(engine, dataset, args)
+
+
+def score_masks(folder: Path, dataset: CamVid, args: argparse.Namespace) -> int:
+    """Score the class-id PNGs of a run (`run.py --save-masks`) against the split's labels,
+    matched by file name: the app's own output, hood handling and runtime included."""
+    # Masks are PNGs named after their frames (whose own files may be JPEGs): match stems.
+    by_name = {path.stem: index for index, path in enumerate(dataset.image_paths)}
+    masks = [path for path in sorted(folder.glob("*.png")) if path.stem in by_name]
+    if not masks:
+        raise DatasetError(f"--masks {folder}: no PNG there is named like a frame of CamVid "
+                           f"{args.split} (e.g. {dataset.image_paths[0].name}); save them with "
+                           f"python run.py --images {dataset.root / args.split} --save-masks {folder}")
+    table = folder / "classes.json"
+    classes = load_labels_file(table)["classes"] if table.exists() else CAMVID_CLASSES
+
+    def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for mask in masks:
+            labels = dataset.load_labels(indices=[by_name[mask.stem]])[0]
+            yield cv2.imread(str(mask), cv2.IMREAD_UNCHANGED), labels
+
+    summary = score_label_maps(pairs(), classes)
+    summary.update(masks=str(folder), split=args.split, frames=len(masks))
+    print(format_table(summary, f"masks in {folder} on CamVid {args.split}, {len(masks)} of its "
+                                f"{len(dataset)} frames"))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
 
 
 def score(engine: Engine, dataset: CamVid, args: argparse.Namespace) -> int:
@@ -91,6 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also score under a fixed corruption (or all of them)")
     parser.add_argument("--severity", type=int, choices=[1, 2, 3], default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--masks", type=Path, default=None, metavar="DIR",
+                        help="instead of running a model, score the class-id PNGs a run saved "
+                             "(python run.py --images DATA/SPLIT --save-masks DIR)")
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics as JSON")
     return parser.parse_args(argv)
 
