@@ -57,6 +57,12 @@ def classes_to_json(classes: list[ClassInfo]) -> list[dict[str, Any]]:
     return [{"id": c.id, "name": c.name, "color": list(c.color), "group": c.group} for c in classes]
 
 
+def labels_file_text(classes: list[ClassInfo]) -> str:
+    """A class table as a `--labels` JSON file, one class a line (written beside saved masks)."""
+    entries = ",\n  ".join(json.dumps(entry) for entry in classes_to_json(classes))
+    return f'{{"classes": [\n  {entries}\n]}}\n'
+
+
 def classes_from_json(entries: Any, source: str) -> list[ClassInfo]:
     """Parse and validate a class table; ids must be 0..K-1 in order."""
     if not isinstance(entries, list) or not entries:

@@ -5,8 +5,8 @@
 
 Per video it writes, into OUT/<video name>/: `overlay.mp4` (H.264, unless --no-video),
 `frames.parquet` (one row per frame: video, frame, timestamp, the pixel share of every class,
-the drivable share, a has_<class> flag for each object class present) and `summary.json`,
-written last; all through temporary names and a rename, so a file that exists is whole. The
+the drivable share, a has_<class> flag for each object class present), with --masks a
+`masks/` folder of class-id PNGs, and `summary.json`, written last; all through temporary names and a rename, so a file that exists is whole. The
 job writes OUT/job.json (videos, frames, throughput, failures).
 
 How it runs (Ray Data, streaming):
@@ -28,6 +28,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,8 @@ from engines.files import OutputError, check_writable, write_atomically
 from engines.frame_fit import content_labels, to_input
 from engines.frames import VIDEO_SUFFIXES
 from engines.hood import HoodFinder, ego_label, hood_from_spec, profile_mask, scan_video
-from realtime.render import Palette, overlay, parse_class_selection
+from engines.labels import labels_file_text
+from realtime.render import Palette, overlay, parse_class_selection, upsample_labels
 from realtime.sinks import SinkError, VideoSink
 
 DECODE_CPUS = 0.5  # a decode task is lighter than inference
@@ -187,22 +189,24 @@ class Segmenter:
     """Ray actor: one engine for its lifetime; labels, class shares and the overlay per frame."""
 
     def __init__(self, model: str, backend: str, threads: int | None, video: bool,
-                 classes: str, hoods: dict[str, list[float]] | None = None) -> None:
+                 classes: str, hoods: dict[str, list[float]] | None = None,
+                 masks: bool = False) -> None:
         self.engine = engines.load(model, backend, threads=threads, spin=False)
         self.classes = self.engine.info.classes
         self.hoods = hoods or {}  # video → hood profile, for the videos that show one
         self.ego = ego_label(self.classes)
         self.masks: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self.palette = Palette.build(self.classes, parse_class_selection(classes, self.classes))
-        self.video = video
+        self.video, self.with_masks = video, masks
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         height, width = self.engine.info.input_size
-        shares, overlays = [], []
+        shares, overlays, masks = [], [], []
         for video, image, error in zip(batch["video"], batch["image"], batch["error"], strict=True):
             if error:  # an error row passes through
                 shares.append(np.zeros(len(self.classes), np.float32))
                 overlays.append(np.zeros((1, 1, 3), np.uint8))
+                masks.append(b"")
                 continue
             # The app's steps: resize to the input (bilinear), infer at batch 1.
             info = self.engine.info
@@ -212,9 +216,14 @@ class Segmenter:
             counts = np.bincount(labels.ravel(), minlength=len(self.classes))[:len(self.classes)]
             shares.append((counts / labels.size).astype(np.float32))
             overlays.append(overlay(image, labels, self.palette) if self.video else np.zeros((1, 1, 3), np.uint8))
+            # The class ids as the app's --save-masks writes them, PNG-encoded here (in
+            # parallel, and ~20x smaller to send than the array).
+            masks.append(cv2.imencode(".png", upsample_labels(labels, *image.shape[:2]))[1].tobytes()
+                         if self.with_masks else b"")
         out = {key: batch[key] for key in ("video", "frame", "fps", "frames", "error")}
         out["shares"] = np.stack(shares)
         out["overlay"] = overlays if self.video else np.zeros(len(shares), np.uint8)
+        out["mask"] = masks
         return out
 
 
@@ -234,16 +243,22 @@ class VideoWriterSet:
     written to temporary names and renamed when the video is complete."""
 
     def __init__(self, video: str, folder: Path, classes: list, fps: float, with_video: bool,
-                 hood: list[float] | None = None):
+                 hood: list[float] | None = None, with_masks: bool = False):
         self.video, self.folder, self.classes = video, folder, classes
         self.hood_share = float(np.mean(1.0 - np.asarray(hood))) if hood else 0.0
         folder.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         self.sink = VideoSink(folder / ".overlay.partial.mp4", fps) if with_video else None
+        # Masks go to a partial folder renamed to masks/ when the video is complete.
+        self.masks = folder / ".masks.partial" if with_masks else None
+        if self.masks is not None:
+            shutil.rmtree(self.masks, ignore_errors=True)  # a run that broke off left it
+            self.masks.mkdir()
+            (self.masks / "classes.json").write_text(labels_file_text(classes))
         self.fps = fps
         self.error = ""
 
-    def add(self, frame: int, shares: np.ndarray, image: Any) -> None:
+    def add(self, frame: int, shares: np.ndarray, image: Any, mask: bytes = b"") -> None:
         row: dict[str, Any] = {"video": str(self.video), "frame": frame,
                                "timestamp": round(frame / self.fps, 6)}
         for info in self.classes:
@@ -255,6 +270,8 @@ class VideoWriterSet:
         self.rows.append(row)
         if self.sink is not None:
             self.sink.write_frame(image)
+        if self.masks is not None:
+            (self.masks / f"frame_{frame:06d}.png").write_bytes(mask)
 
     def finish(self, seconds: float) -> dict[str, Any]:
         """Close the video, write frames.parquet, then summary.json (the completeness mark)."""
@@ -264,6 +281,9 @@ class VideoWriterSet:
         if self.sink is not None:
             self.sink.close()
             os.replace(self.folder / ".overlay.partial.mp4", self.folder / "overlay.mp4")
+        if self.masks is not None:
+            shutil.rmtree(self.folder / "masks", ignore_errors=True)  # left by a broken-off run
+            os.replace(self.masks, self.folder / "masks")
         table = pa.Table.from_pylist(self.rows)
         partial = self.folder / ".frames.partial.parquet"
         pq.write_table(table, partial)
@@ -271,7 +291,8 @@ class VideoWriterSet:
         summary = {"video": str(self.video), "frames": len(self.rows), "seconds": round(seconds, 3),
                    "drivable_share_mean": float(np.mean([r["drivable_share"] for r in self.rows])),
                    "hood_share": round(self.hood_share, 4),
-                   "overlay": "overlay.mp4" if self.sink is not None else None}
+                   "overlay": "overlay.mp4" if self.sink is not None else None,
+                   "masks": "masks/" if self.masks is not None else None}
         write_json(self.folder / "summary.json", summary)
         return summary
 
@@ -284,6 +305,8 @@ class VideoWriterSet:
                 pass
         for name in (".overlay.partial.mp4", ".frames.partial.parquet"):
             (self.folder / name).unlink(missing_ok=True)
+        if self.masks is not None:
+            shutil.rmtree(self.masks, ignore_errors=True)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -397,7 +420,8 @@ def run_on_ray(ray: Any, items: list[dict[str, Any]], planned: dict[str, tuple[i
                .map_batches(Segmenter, batch_size=args.batch,
                             fn_constructor_kwargs={"model": str(args.model), "backend": args.backend,
                                                    "threads": args.threads, "video": not args.no_video,
-                                                   "classes": args.classes, "hoods": hoods},
+                                                   "classes": args.classes, "hoods": hoods,
+                                                   "masks": args.masks},
                             compute=ray.data.ActorPoolStrategy(size=args.actors), **per_actor))
     return write_outputs(dataset, planned, classes, args, failures, folders, hoods)
 
@@ -419,14 +443,14 @@ def write_outputs(dataset: Any, planned: dict[str, tuple[int, float]], classes: 
                     results[str(current.video)] = current.finish(time.perf_counter() - started)
                 started = time.perf_counter()
                 current = VideoWriterSet(video, folders[video], classes, planned[video][1],
-                                         not args.no_video, hoods.get(video))
+                                         not args.no_video, hoods.get(video), args.masks)
             if row["error"]:
                 failures.append({"video": video, "error": row["error"]})
                 current.abandon()
                 broken.add(video)
                 current = None
                 continue
-            current.add(int(row["frame"]), row["shares"], row["overlay"])
+            current.add(int(row["frame"]), row["shares"], row["overlay"], row["mask"])
         if current is not None:
             results[str(current.video)] = current.finish(time.perf_counter() - started)
     except KeyboardInterrupt:
@@ -468,6 +492,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help="frames per actor call")
     parser.add_argument("--classes", default="drivable,objects", help="what the overlay shows")
     parser.add_argument("--no-video", action="store_true", help="skip the overlaid videos")
+    parser.add_argument("--masks", action="store_true",
+                        help="also write each frame's class ids: masks/frame_000123.png (pixel = "
+                             "class id, the frame's size) and masks/classes.json, as run.py "
+                             "--save-masks does")
     parser.add_argument("--hood", default="auto", metavar="auto|off|FRACTION",
                         help="the car's own hood, labelled ego and never painted: auto (found from "
                              "the motion in each recording's first 30 s), off, or the bottom FRACTION "

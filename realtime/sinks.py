@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from engines.files import OutputError, check_writable, write_atomically
-from engines.labels import ClassInfo, classes_to_json
+from engines.labels import ClassInfo, labels_file_text
 from realtime.render import upsample_labels
 
 # Containers and how they are written: H.264 through PyAV (plays in browsers and phones), as
@@ -286,8 +286,7 @@ class MaskFolderSink(ImageFolderSink):
     def __init__(self, folder: str | Path, classes: list[ClassInfo]):
         super().__init__(folder, "--save-masks")
         try:
-            entries = ",\n  ".join(json.dumps(entry) for entry in classes_to_json(classes))
-            write_atomically(self.folder / "classes.json", f'{{"classes": [\n  {entries}\n]}}\n')
+            write_atomically(self.folder / "classes.json", labels_file_text(classes))
         except OSError as error:
             raise SinkError(f"--save-masks {folder}: writing classes.json failed "
                             f"({error.strerror})") from None

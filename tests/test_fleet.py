@@ -97,6 +97,35 @@ def test_no_videos_is_one_error_line(tmp_path):
     assert result.returncode == 2 and len(errors) == 1, result.stderr
 
 
+def test_masks_are_the_live_apps_labels_for_every_frame(tmp_path):
+    from engines.frame_fit import content_labels, to_input
+    from engines.labels import load_labels_file
+    from realtime.render import upsample_labels
+
+    model = contract_model(tmp_path / "tiny.onnx", size=(96, 128))
+    video = write_video(tmp_path / "drive.mp4", 25, size=(256, 192))
+    out = tmp_path / "out"
+    result = run_fleet(str(video), "--out", str(out), "--model", str(model), "--chunk", "10",
+                       "--masks", "--no-video", "--hood", "off")
+    assert result.returncode == 0, result.stderr
+    folder = out / "drive"
+    assert json.loads((folder / "summary.json").read_text())["masks"] == "masks/"
+    names = sorted(p.name for p in (folder / "masks").iterdir())
+    assert names == ["classes.json", *[f"frame_{i:06d}.png" for i in range(25)]]
+    assert not list(folder.glob(".*partial*"))
+    capture = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+    with engines.load(model) as engine:
+        info = engine.info
+        assert len(load_labels_file(folder / "masks" / "classes.json")["classes"]) == len(info.classes)
+        for index in range(25):
+            ok, image = capture.read()
+            assert ok
+            labels = engine.infer(to_input(image, info.input_size, info.resize)[None])[0]
+            labels = content_labels(labels, image.shape[:2], info.input_size, info.resize)
+            mask = cv2.imread(str(folder / "masks" / f"frame_{index:06d}.png"), cv2.IMREAD_UNCHANGED)
+            assert np.array_equal(mask, upsample_labels(labels, *image.shape[:2])), index
+
+
 def test_unusable_out_folder_is_one_error_line(tmp_path):
     write_video(tmp_path / "a.mp4", 5, size=(128, 96))
     result = run_fleet(str(tmp_path / "a.mp4"), "--out", "/proc/segmented")
