@@ -6,7 +6,8 @@
 
 The pipeline hands every sink each rendered frame (`write_frame`), its class ids
 (`write_labels`; `MaskFolderSink`, `--save-masks`, writes those) and then the frame's telemetry
-record (`write_record`), on the output thread, and closes them all on every exit path. The window is the main-thread special case (`Window`); the web view is realtime.web.
+record (`write_record`), on the output thread, and closes them all on every exit path. The
+window is the main-thread special case (`Window`); the web view is realtime.web.
 """
 
 from __future__ import annotations
