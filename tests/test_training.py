@@ -19,7 +19,7 @@ from helpers import REPO, camvid_or_skip, write_camvid_video
 import engines
 from training import evaluate as evaluate_cli
 from training import export as export_cli
-from training import frontier, train
+from training import compare, frontier, train
 from engines.camvid import CamVid
 from training.augment import CopyPaste, class_mix
 from training.data import augment_batch, load_splits, void_to_train_labels
@@ -115,6 +115,26 @@ def test_warm_restart_counts_prior_epochs_in_exported_provenance(tiny_run, tmp_p
     assert provenance["train_splits"] == ["train", "val"]
     with pytest.raises(SystemExit):
         train.parse_args(["--init", str(source), "--resume", str(source)])
+
+
+def test_compare_tables_the_evaluations_runs_share(tiny_run, tmp_path, capsys):
+    _, log = tiny_run
+    first, second = (entry for entry in log if "val_miou" in entry)
+    mine, other = tmp_path / "mine.jsonl", tmp_path / "other.jsonl"
+    mine.write_text("".join(json.dumps(entry) + "\n" for entry in log))
+    # A resumed run may log an epoch again; its last line is the one that counts.
+    other.write_text("".join(json.dumps(entry) + "\n" for entry in log)
+                     + json.dumps(dict(first, val_miou=0.5)) + "\n")
+    status = compare.main(compare.parse_args([str(mine), str(other), "--names", "a", "b",
+                                              "--metrics", "val_miou", "val_road_iou"]))
+    table = capsys.readouterr().out
+    assert status == 0, table
+    assert f"| {first['epoch']} | {100 * first['val_miou']:.2f} / 50.00 |" in table
+    mean = (first["val_miou"] + second["val_miou"]) / 2
+    assert f"| mean of {first['epoch']}–{second['epoch']} (2) | {100 * mean:.2f} / " in table
+    # Anything but a training log is one error line and status 2.
+    assert compare.main(compare.parse_args([str(mine), str(REPO / "README.md")])) == 2
+    assert capsys.readouterr().err.startswith("error: ")
 
 
 def test_augmentation_keeps_image_and_label_aligned():
