@@ -474,14 +474,21 @@ def test_a_distilled_student_agrees_with_its_teacher_more(tmp_path):
     frames = torch.from_numpy(CamVid(camvid, "train").load_images(limit=2))
     teacher, _ = load_checkpoint_model(teacher_path)
 
-    def labels(net):
+    def log_probabilities(net):
         with torch.no_grad():
-            return net(preprocess_bgr(frames)).argmax(1)
+            return net(preprocess_bgr(frames)).log_softmax(1)
 
-    target = labels(teacher)
-    alone = (labels(load_checkpoint_model(tmp_path / "alone" / "last.pt")[0]) == target).float().mean()
-    taught = (labels(load_checkpoint_model(tmp_path / "taught" / "last.pt")[0]) == target).float().mean()
-    assert taught > alone + 0.1  # measured: 0.43 against 0.17
+    # Distillation matches the teacher's class distributions, so measure that: the mean
+    # per-pixel KL divergence from the teacher (argmax agreement of a student this small after
+    # 8 steps swings with the teacher's confidence and says little).
+    target = log_probabilities(teacher)
+
+    def divergence(run: str) -> float:
+        student = log_probabilities(load_checkpoint_model(tmp_path / run / "last.pt")[0])
+        return (target.exp() * (target - student)).sum(1).mean().item()
+
+    alone, taught = divergence("alone"), divergence("taught")
+    assert taught < 0.5 * alone, (taught, alone)  # measured: 2.55 against 8.24
     onnx_path = tmp_path / "taught.onnx"
     assert export_cli.main(export_cli.parse_args(
         ["--checkpoint", str(tmp_path / "taught" / "last.pt"), "--out", str(onnx_path),
