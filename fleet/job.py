@@ -7,7 +7,8 @@ Per video it writes, into OUT/<video name>/: `overlay.mp4` (H.264, unless --no-v
 `frames.parquet` (one row per frame: video, frame, timestamp, the pixel share of every class,
 the drivable share, a has_<class> flag for each object class present), with --masks a
 `masks/` folder of class-id PNGs, and `summary.json`, written last; all through temporary
-names and a rename, so a file that exists is whole. The job writes OUT/job.json (videos, frames, throughput, failures).
+names and a rename, so a file that exists is whole. The job writes OUT/job.json (videos,
+frames, throughput, failures).
 
 How it runs (Ray Data, streaming):
 1. the driver lists the videos, skips those whose summary.json exists (a rerun does no work),
