@@ -465,8 +465,9 @@ def test_a_distilled_student_agrees_with_its_teacher_more(tmp_path):
     # The shipped model's weights (committed) are a real trained teacher.
     teacher_path = SHIPPED_CHECKPOINT
     common = ["--data", str(camvid), "--limit", "2", "--crop", "96", "128", "--scale", "0.3", "0.3",
-              "--batch-size", "2", "--epochs", "8", "--lr", "1e-2", "--warmup-steps", "1",
-              "--eval-every", "8", "--model-size", "small", "--threads", "2", "--no-progress"]
+              "--batch-size", "2", "--epochs", "60", "--lr", "3e-3", "--warmup-steps", "1",
+              "--eval-every", "60", "--model-size", "small", "--threads", "2", "--no-progress",
+              "--amp", "none"]  # fp32: the same figures on every x86 CPU (bf16 differs by CPU)
     assert train.main(train.parse_args([*common, "--out", str(tmp_path / "alone")])) == 0
     assert train.main(train.parse_args([*common, "--out", str(tmp_path / "taught"),
                                         "--teacher", str(teacher_path),
@@ -479,8 +480,8 @@ def test_a_distilled_student_agrees_with_its_teacher_more(tmp_path):
             return net(preprocess_bgr(frames)).log_softmax(1)
 
     # Distillation matches the teacher's class distributions, so measure that: the mean
-    # per-pixel KL divergence from the teacher (argmax agreement of a student this small after
-    # 8 steps swings with the teacher's confidence and says little).
+    # per-pixel KL divergence from the teacher. 60 steps, because after 8 the students' batch-norm
+    # statistics are still mostly their initial values and either run can come out closer.
     target = log_probabilities(teacher)
 
     def divergence(run: str) -> float:
@@ -488,7 +489,7 @@ def test_a_distilled_student_agrees_with_its_teacher_more(tmp_path):
         return (target.exp() * (target - student)).sum(1).mean().item()
 
     alone, taught = divergence("alone"), divergence("taught")
-    assert taught < 0.5 * alone, (taught, alone)  # measured: 2.55 against 8.24
+    assert taught < 0.9 * alone, (taught, alone)  # measured: 1.73 against 2.14
     onnx_path = tmp_path / "taught.onnx"
     assert export_cli.main(export_cli.parse_args(
         ["--checkpoint", str(tmp_path / "taught" / "last.pt"), "--out", str(onnx_path),
