@@ -321,7 +321,8 @@ class Pipeline:
     def _render(self) -> None:
         pending: dict[int, Packet] = {}  # frames that overtook an earlier one (workers > 1)
         next_sequence = 0
-        # 15 frames a second are plenty to find the hood; more would only cost render time.
+        # 15 frames a second are plenty to find the hood (and a third of them to follow it once
+        # found); more would only cost render time.
         fps = self.source.fps if math.isfinite(self.source.fps) else 30.0
         stride = max(1, round(fps / 15))
         state = RenderState(hood=hood_from_spec(self.options.hood, every=stride))

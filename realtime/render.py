@@ -168,7 +168,9 @@ def overlay(frame: np.ndarray, labels: np.ndarray, palette: Palette, alpha: floa
             scaled = [(c.astype(np.float32) * scale).astype(np.int32) for c in contours]
             color = tuple(int(v) for v in palette.colors[palette.outline_ids[0], 0])
             bright = tuple(min(255, int(v * 1.6) + 40) for v in color)
-            cv2.drawContours(out, scaled, -1, bright, max(1, width // 480), cv2.LINE_AA)
+            # Not anti-aliased: a 2-pixel AA line costs 0.37 ms at 960x540 (drawn as polygons),
+            # LINE_8 0.10 ms, and at this width the two look alike.
+            cv2.drawContours(out, scaled, -1, bright, max(1, width // 480), cv2.LINE_8)
     return out
 
 

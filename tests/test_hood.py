@@ -67,6 +67,12 @@ def test_stride_and_a_new_frame_size():
     assert not any(counted[1::2]) and hood.counted <= 10
     hood.add(cv2.resize(frames[0], (640, 360)))
     assert hood.counted == 1 and not hood.found
+    # Once it has an answer, the finder looks at every third frame only.
+    hood = HoodFinder(min_frames=4)
+    counted = [hood.add(frame) for frame in frames]
+    settled = [i for i, took in enumerate(counted) if took][3]
+    later = [i for i, took in enumerate(counted) if took and i > settled]
+    assert later and all(i % 3 == 0 for i in later), counted
 
 
 def test_spec_fixed_band_and_labels():
