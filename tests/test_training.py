@@ -71,6 +71,32 @@ def test_checkpoint_reloads_strictly_and_resumes(tiny_run):
     assert load_checkpoint_model(out / "last.pt")[1]["epoch"] == 12
 
 
+def test_weight_decay_scope_weights_spares_batchnorm_and_biases(tiny_run, capsys):
+    # With zero gradients an AdamW step only decays: convolution weights shrink in both scopes,
+    # BatchNorm scales and biases only under "all".
+    for scope in ("all", "weights"):
+        model = build_model("small")
+        optimizer = torch.optim.AdamW(train.parameter_groups(model, 0.5, scope), lr=0.1)
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        for name, p in model.named_parameters():
+            changed = not torch.equal(p.detach(), before[name])
+            if p.ndim > 1 or (scope == "all" and before[name].abs().sum() > 0):
+                assert changed, (scope, name)
+            elif scope == "weights":
+                assert not changed, name
+    # A checkpoint made with one scope does not resume with the other: one line, exit 2.
+    out, _ = tiny_run
+    args = train.parse_args(["--data", str(camvid_or_skip()), "--limit", "2", "--crop", "96", "128",
+                             "--epochs", "20", "--model-size", "small", "--out", str(out),
+                             "--no-progress", "--weight-decay-scope", "weights",
+                             "--resume", str(out / "last.pt")])
+    assert train.main(args) == 2
+    assert "another --weight-decay-scope" in capsys.readouterr().out
+
+
 def test_ctrl_c_keeps_a_resumable_checkpoint(tmp_path):
     out = tmp_path / "run"
     common = ["--data", str(camvid_or_skip()), "--limit", "2", "--crop", "96", "128", "--scale",

@@ -192,6 +192,17 @@ def faster_autocast(model: RoadSegNet, images: torch.Tensor, labels: torch.Tenso
     return min(seconds, key=seconds.get)
 
 
+def parameter_groups(model: torch.nn.Module, weight_decay: float, scope: str) -> list[dict[str, Any]]:
+    """AdamW parameter groups: `all` decays every parameter (one group, the recipe so far);
+    `weights` decays convolution weights only and leaves BatchNorm scales and shifts and biases
+    alone, as ConvNeXt and timm do: a strong decay would otherwise shrink the normalisation."""
+    if scope == "all":
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    named = list(model.named_parameters())
+    return [{"params": [p for _, p in named if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     labels: torch.Tensor, weights: torch.Tensor | None, args: argparse.Namespace,
                     epoch: int, generator: torch.Generator, augment: RobustAugment,
@@ -372,7 +383,8 @@ def main(args: argparse.Namespace) -> int:
     model = build_model(args.model_size, len(ROADSEG_CLASSES)).to(args.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay, args.weight_decay_scope),
+                                  lr=args.lr)
     # An exponential moving average of the weights (and BatchNorm statistics), evaluated beside them.
     ema = (torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
@@ -381,7 +393,12 @@ def main(args: argparse.Namespace) -> int:
     if args.resume:
         checkpoint = torch.load(args.resume, map_location=args.device, weights_only=True)
         model.load_state_dict(checkpoint["model"], strict=True)
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except ValueError:
+            print(f"error: {args.resume} was trained with another --weight-decay-scope; resume "
+                  "with the options it was started with")
+            return 2
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
         if ema is not None:
@@ -474,6 +491,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"))
     parser.add_argument("--lr", type=float, default=4e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--weight-decay-scope", choices=["all", "weights"], default="all",
+                        help="all: every parameter decays (default); weights: convolution weights "
+                             "only, not BatchNorm or biases (for a strong decay such as 0.05)")
     parser.add_argument("--warmup-steps", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=1,
                         help="validate every N epochs (CPU runs use 5-10 to save time)")
