@@ -262,9 +262,11 @@ def benchmark(args: argparse.Namespace) -> int:
             row["pipeline_vs_naive"] = row["pipeline_fps"] / row["naive_fps"]
             row["pipeline_vs_ceiling"] = row["pipeline_fps"] / min(decode_fps, row["engine_fps"])
             results.append(row)
+            runs = " ".join(f"{fps:.1f}" for fps in row["pipeline_fps_runs"])
             print(f"{row['model']} {info.backend} {info.precision}: engine {row['engine_fps']:.1f} FPS "
                   f"(p50 {row['engine_ms_p50']:.1f} ms, p95 {row['engine_ms_p95']:.1f} ms), pipeline "
-                  f"{row['pipeline_fps']:.1f} FPS (runs {' '.join(f'{v:.1f}' for v in row['pipeline_fps_runs'])}), naive {row['naive_fps']:.1f} FPS, pipeline/engine "
+                  f"{row['pipeline_fps']:.1f} FPS (runs {runs}), naive {row['naive_fps']:.1f} FPS, "
+                  f"pipeline/engine "
                   f"{row['pipeline_vs_engine']:.2f}, pipeline/naive {row['pipeline_vs_naive']:.2f}, "
                   f"bound {row['bound_fps']:.0f} FPS ({row['cpu_ms_per_frame']:.1f} CPU ms/frame), "
                   f"pipeline/bound {row['pipeline_vs_bound']:.2f}; whole process "
