@@ -131,16 +131,7 @@ def write_camvid_video(path: Path, frames: int, size: tuple[int, int] = (960, 54
                        pattern: str = "val/*.png", fps: int = 15) -> Path:
     """CamVid frames (by default the val clip: real dashcam frames at 15 Hz) scaled to `size`
     and encoded as H.264, the way dashcams store it; skips the test when CamVid is absent."""
-    import av
+    from realtime.clip import write_clip
 
-    images = sorted(camvid_or_skip().glob(pattern))[:frames]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "20"}
-        for image_path in images:
-            image = cv2.resize(cv2.imread(str(image_path)), size, interpolation=cv2.INTER_AREA)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
-        container.mux(stream.encode())
+    write_clip(sorted(camvid_or_skip().glob(pattern))[:frames], path, size, fps=fps)
     return path

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import cv2
+import numpy as np
 import pytest
 
-from realtime import bench
+from realtime import bench, clip
+from helpers import camvid_or_skip
 
 
 def test_bench_writes_json_table_and_chart(assets, tmp_path):
@@ -33,3 +36,45 @@ def test_bench_writes_json_table_and_chart(assets, tmp_path):
     assert row["pipeline_process_cpu_ms_per_frame"] > 0 and 0 < row["pipeline_cpu_utilisation"]
     assert out.with_suffix(".md").read_text().startswith("| model |")
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_benchmark_clip_plays_camvid_back_and_forth(tmp_path, capsys):
+    images = sorted(camvid_or_skip().glob("val/*.png"))[:5]
+    out = tmp_path / "clip.mp4"
+    assert clip.main(clip.parse_args([str(tmp_path / "none"), "--out", str(out)])) == 2
+    assert "no images found" in capsys.readouterr().out
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for image in images:
+        (folder / image.name).symlink_to(image)
+    assert clip.main(clip.parse_args([str(folder), "--out", str(out), "--size", "320", "240",
+                                      "--frames", "12"])) == 0
+    assert "12 frames, 320x240" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "frames"]  # no partial file left
+    # Forward, backward without repeating the turning frame, forward again: 0 1 2 3 4 3 2 1 0 1 2 3.
+    expected = [0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3]
+    references = [cv2.resize(cv2.imread(str(p)), (320, 240), interpolation=cv2.INTER_AREA).astype(np.float32)
+                  for p in images]
+    capture = cv2.VideoCapture(str(out), cv2.CAP_FFMPEG)
+    decoded = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        decoded.append(int(np.argmin([np.abs(frame - ref).mean() for ref in references])))
+    capture.release()
+    assert decoded == expected
+    # An output in a folder that does not exist is refused before any work.
+    assert clip.main(clip.parse_args([str(folder), "--out", str(tmp_path / "no" / "c.mp4")])) == 2
+    assert "does not exist" in capsys.readouterr().out
+
+
+def test_benchmark_clip_on_a_full_disk_is_an_error_and_leaves_nothing(full_disk, capsys):
+    if full_disk is None:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs root)")
+    out = full_disk / "clip.mp4"
+    status = clip.main(clip.parse_args([str(camvid_or_skip() / "val"), "--out", str(out),
+                                        "--frames", "30", "--crf", "0"]))  # lossless: > 2 MB
+    assert status == 1
+    assert "writing failed" in capsys.readouterr().out
+    assert list(full_disk.iterdir()) == []  # neither the clip nor its partial file
