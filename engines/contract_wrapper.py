@@ -36,6 +36,42 @@ class ContractWrapper(nn.Module):
         return logits.argmax(dim=1).float().to(torch.uint8)
 
 
+class FlipScaleAverage(nn.Module):
+    """Test-time augmentation inside the graph: the network sees the frame and its mirror image
+    at each of `scales`, and the class probabilities of all of them, brought back to the
+    unscaled logits' size and orientation, are averaged. Same input and output as `net`
+    (normalised NCHW in, per-class scores at 1/4 resolution out), so the contract around it
+    is unchanged; costs about `2 x sum(scale^2)` plain calls. One call per scale and orientation
+    rather than a batch of both orientations: OpenVINO runs the batched form's INT8 Q/DQ graph
+    wrongly (12-18 % of pixels differ from ONNX Runtime's) and the separate calls right.
+
+    Measured on a drive the networks never saw (model card): flip at scales 1 and 0.75 lifts
+    mIoU by 2.2-2.5 points there and 0.7-0.8 on CamVid val, at about 3x the compute.
+    """
+
+    def __init__(self, net: nn.Module, scales: tuple[float, ...] = (1.0, 0.75)):
+        super().__init__()
+        if not scales or scales[0] != 1.0 or any(not 0.25 <= scale <= 2.0 for scale in scales):
+            raise ValueError(f"scales {scales}: the first must be 1 (it sets the output size), "
+                             "all within 0.25-2")
+        self.net = net
+        self.scales = tuple(scales)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for scale in self.scales:
+            scaled = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear",
+                                                          align_corners=False)
+            for mirrored in (False, True):
+                logits = self.net(scaled.flip(3) if mirrored else scaled)
+                logits = logits.flip(3) if mirrored else logits
+                if total is not None and scale != 1.0:  # back to the unscaled call's size
+                    logits = F.interpolate(logits, size=total.shape[2:], mode="bilinear",
+                                           align_corners=False)
+                total = logits.softmax(1) if total is None else total + logits.softmax(1)
+        return total
+
+
 def preprocess_bgr(images: torch.Tensor) -> torch.Tensor:
     """uint8 BGR NHWC batch → normalised float NCHW, the same arithmetic as ContractWrapper."""
     mean = torch.tensor(MEAN_BGR, device=images.device).view(1, 3, 1, 1)
