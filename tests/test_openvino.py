@@ -52,6 +52,17 @@ def test_int8_qdq_model_runs_as_int8(frames, reference, tmp_path):
     assert engines.choose(int8).backend in ("openvino", "onnxruntime")
 
 
+def test_shipped_tta_int8_agrees_with_its_float_model_on_both_runtimes(frames):
+    # roadseg-tta averages four calls of the network; batched into one call of both mirror
+    # images, its INT8 ran wrongly on OpenVINO (82-88 % of pixels), so the graph calls per view.
+    with engines.load(engines.MODELS_DIR / "roadseg-tta.onnx", "onnxruntime") as engine:
+        float_labels = engine.infer(frames[:4])
+    for runtime in ("openvino", "onnxruntime"):
+        with engines.load(engines.MODELS_DIR / "roadseg-tta.int8.onnx", runtime) as engine:
+            agreement = (engine.infer(frames[:4]) == float_labels).mean()
+        assert agreement >= (0.98 if int8_may_saturate() else 0.99), runtime
+
+
 def test_ir_keeps_the_contract_and_opens_by_suffix(frames, reference, tmp_path):
     import openvino as ov
 
