@@ -29,7 +29,8 @@ from engines.camvid import CamVid
 from engines.checkpoint import (CheckpointError, checkpoint_classes, checkpoint_input_size,
                                 load_checkpoint_model, total_epochs)
 from engines.contract import INPUT_NAME, OUTPUT_NAME, contract_metadata, write_metadata
-from engines.contract_wrapper import MEAN_BGR, STD_BGR, ContractWrapper, FlipScaleAverage, preprocess_bgr
+from engines.contract_wrapper import (MEAN_BGR, STD_BGR, ContractWrapper, FlipScaleAverage,
+                                      preprocess_bgr)
 from engines.files import OutputError, check_writable, file_sha256
 from engines.frames import FramesError, sample_frames
 from engines.labels import CAMVID_CLASSES, ClassInfo
@@ -181,8 +182,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0.0 < args.bn_mix <= 1.0 or args.bn_count < 1:
         parser.error("--bn-mix must be in (0, 1] and --bn-count at least 1")
-    if args.tta and (args.tta[0] != 1.0 or any(not 0.25 <= scale <= 2.0 for scale in args.tta)):
-        parser.error("--tta: the first scale must be 1 (it sets the output size), all within 0.25-2")
+    if args.tta:
+        try:
+            FlipScaleAverage.check_scales(args.tta)
+        except ValueError as error:
+            parser.error(f"--tta: {error}")
     return args
 
 
