@@ -230,6 +230,8 @@ def choose(path: Path, backends: dict[str, Backend], precision: str = "auto",
               f"{f' vs {others}' if others else ''}; "
               f"{'measured now' if fresh else 'measured before'}, kept in {cached}")
     if best["path"] != str(path):
-        reason += f"; {Path(best['path']).name} loses {-best['delta_miou_points']:.2f} mIoU points"
+        delta = best["delta_miou_points"]  # against FP32 at calibration; can be a small gain
+        verb = "loses" if delta <= 0 else "gains"
+        reason += f"; {Path(best['path']).name} {verb} {abs(delta):.2f} mIoU points"
     # The precision asked of the backend is the offer's ("auto" lets the file decide).
     return Choice(best["backend"], Path(best["path"]), best["asked"], reason)
