@@ -21,7 +21,7 @@ import av
 import cv2
 
 from engines.files import OutputError, check_writable
-from engines.frames import list_images
+from engines.frames import FramesError, list_images
 from engines.tool import run_tool
 
 
@@ -52,7 +52,7 @@ def write_clip(images: list[Path], out: Path, size: tuple[int, int], frames: int
             for index in itertools.islice(back_and_forth(len(images)), total):
                 image = cv2.imread(str(images[index]))
                 if image is None:
-                    raise OutputError(f"{images[index]} is not a readable image; remove it or "
+                    raise FramesError(f"{images[index]} is not a readable image; remove it or "
                                       "give a folder of images only")
                 image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         check_writable(args.out, "--out")
         written = write_clip(images, args.out, tuple(args.size), args.frames, args.fps, args.crf)
-    except OutputError as error:
+    except (OutputError, FramesError) as error:  # checked, or found unreadable: nothing written
         print(f"error: {error}")
         return 2
     except OSError as error:  # a full disk while encoding: nothing is left at --out
