@@ -524,6 +524,48 @@ def test_a_distilled_student_agrees_with_its_teacher_more(tmp_path):
     assert recipe["teacher"] == str(teacher_path) and recipe["distill_weight"] == 5.0
 
 
+def test_averaged_teacher_gives_the_mirror_symmetric_mean_of_its_views(tmp_path):
+    # --teacher-tta: the shipped weights under flip + 0.75-scale averaging, as the student sees
+    # them. Its answer is the log of the mean of the four views' class probabilities (a real
+    # distribution), and a crop and its mirror image get mirrored answers.
+    camvid = camvid_or_skip()
+    teacher = train.load_teacher(SHIPPED_CHECKPOINT, 12, "cpu", channels_last=False,
+                                 tta_scales=(1.0, 0.75))
+    net, _ = load_checkpoint_model(SHIPPED_CHECKPOINT)
+    crops = preprocess_bgr(torch.from_numpy(sample_frames(camvid / "val", 2, (192, 256))))
+    with torch.no_grad():
+        averaged = teacher(crops)
+        views = []
+        for scaled in (crops, torch.nn.functional.interpolate(crops, scale_factor=0.75,
+                                                              mode="bilinear", align_corners=False)):
+            for mirrored in (False, True):
+                logits = net(scaled.flip(3) if mirrored else scaled)
+                logits = logits.flip(3) if mirrored else logits
+                views.append(torch.nn.functional.interpolate(
+                    logits, size=averaged.shape[2:], mode="bilinear", align_corners=False).softmax(1))
+        expected = torch.stack(views).mean(0)
+        mirror = teacher(crops.flip(3)).flip(3)
+    assert torch.allclose(averaged.exp().sum(1), torch.ones(1), atol=1e-4)
+    assert torch.allclose(averaged.exp(), expected, atol=1e-4)
+    assert torch.allclose(mirror, averaged, atol=1e-3)
+    # The plain network is not mirror-symmetric, so the test above can fail.
+    with torch.no_grad():
+        plain = net(crops).softmax(1)
+        assert (plain - net(crops.flip(3)).flip(3).softmax(1)).abs().max() > 0.1
+    # It trains a student and the exported student records it; without --teacher it is refused.
+    run = ["--data", str(camvid), "--limit", "2", "--crop", "96", "128", "--batch-size", "2",
+           "--epochs", "1", "--model-size", "small", "--threads", "2", "--no-progress",
+           "--amp", "none", "--out", str(tmp_path / "run")]
+    assert train.main(train.parse_args([*run, "--teacher", str(SHIPPED_CHECKPOINT),
+                                        "--teacher-tta", "1", "0.75"])) == 0
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "s.onnx")])) == 0
+    recipe = engines.load(tmp_path / "s.onnx").info.details["provenance"]["recipe"]
+    assert recipe["teacher_tta"] == [1.0, 0.75]
+    with pytest.raises(SystemExit):
+        train.parse_args([*run, "--teacher-tta", "1", "0.75"])
+
+
 def test_a_teacher_with_another_class_table_is_refused_in_one_line(tmp_path, capsys):
     camvid = camvid_or_skip()
     teacher_path = tmp_path / "eleven.pt"

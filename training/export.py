@@ -40,7 +40,7 @@ from engines.tool import run_tool
 RECIPE_KEYS = ("lr", "batch_size", "crop", "scale", "seed", "final_crop", "final_epochs", "robust",
                "hood", "amp", "holdout", "hood_labels", "real_hood", "aspect", "copy_paste", "ema",
                "adapt", "adapt_frames", "adapt_weight", "adapt_threshold", "class_weights")
-DISTILL_KEYS = ("teacher", "distill_weight", "distill_temperature")
+DISTILL_KEYS = ("teacher", "teacher_tta", "distill_weight", "distill_temperature")
 
 
 def export_onnx(net: nn.Module, out: Path, height: int = 360, width: int = 480,

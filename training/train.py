@@ -6,6 +6,8 @@
     python -m training.train ... --init runs/base/last.pt --lr 2e-3   # warm restart: weights only,
                                                                       # fresh optimizer + schedule
     python -m training.train ... --teacher runs/large/last.pt         # distil a large model into this one
+    python -m training.train ... --teacher runs/base/last.pt --teacher-tta 1 0.75
+                                              # distil the model's own mirror/scale average
     python -m training.train ... --init runs/base/last.pt --ema 0.99 --adapt my_drive.mp4
                                               # adapt to your roads from unlabelled video (DACS)
 
@@ -40,7 +42,7 @@ from engines.camvid import DatasetError
 from engines.checkpoint import load_checkpoint_model, total_epochs
 from engines.frames import FramesError, listed_names, sample_frames
 from engines.contract import DEFAULT_INPUT_SIZE
-from engines.contract_wrapper import preprocess_bgr
+from engines.contract_wrapper import FlipScaleAverage, preprocess_bgr
 from engines.roadsegnet import RoadSegNet, build_model, count_parameters
 from engines.tool import run_tool
 
@@ -96,8 +98,26 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
     return per_pixel.mean() * temperature ** 2
 
 
-def load_teacher(path: Path, num_classes: int, device: str, channels_last: bool) -> RoadSegNet:
-    """A trained RoadSegNet checkpoint, frozen in eval mode, for --teacher."""
+class AveragedTeacher(nn.Module):
+    """A teacher under test-time averaging (`FlipScaleAverage`: the crop and its mirror image at
+    each scale). Returns the log of the mean class probabilities, which `distillation_loss`
+    takes as it takes logits (softmax of log p is p; a temperature flattens it the same way),
+    so the student learns the averaged answer and runs as one plain call."""
+
+    def __init__(self, net: nn.Module, scales: tuple[float, ...]):
+        super().__init__()
+        self.average = FlipScaleAverage(net, scales)
+        self.views = 2 * len(scales)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The floor keeps log finite where every view gives a class zero probability.
+        return (self.average(x).float() / self.views).clamp_min(1e-6).log()
+
+
+def load_teacher(path: Path, num_classes: int, device: str, channels_last: bool,
+                 tta_scales: tuple[float, ...] = ()) -> nn.Module:
+    """A trained RoadSegNet checkpoint, frozen in eval mode, for --teacher; averaged over
+    mirror images at `tta_scales` where given (--teacher-tta)."""
     teacher, checkpoint = load_checkpoint_model(path)
     if teacher.config.num_classes != num_classes:
         raise ValueError(f"--teacher {path} predicts {teacher.config.num_classes} classes and the "
@@ -108,8 +128,9 @@ def load_teacher(path: Path, num_classes: int, device: str, channels_last: bool)
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     print(f"teacher {path}: RoadSegNet-{checkpoint['args']['model_size']}, "
-          f"{total_epochs(checkpoint)} epochs")
-    return teacher
+          f"{total_epochs(checkpoint)} epochs"
+          f"{f', averaged over mirror images at scales {list(tta_scales)}' if tta_scales else ''}")
+    return AveragedTeacher(teacher, tuple(tta_scales)).eval() if tta_scales else teacher
 
 
 def crop_for_epoch(args: argparse.Namespace, epoch: int) -> tuple[int, int]:
@@ -207,7 +228,7 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
                     labels: torch.Tensor, weights: torch.Tensor | None, args: argparse.Namespace,
                     epoch: int, generator: torch.Generator, augment: RobustAugment,
                     real_hoods: RealHoods | None = None,
-                    teacher: RoadSegNet | None = None,
+                    teacher: nn.Module | None = None,
                     copy_paste: CopyPaste | None = None,
                     ema: torch.optim.swa_utils.AveragedModel | None = None,
                     target_frames: torch.Tensor | None = None) -> float:
@@ -375,7 +396,8 @@ def main(args: argparse.Namespace) -> int:
     teacher = None
     if args.teacher:
         try:
-            teacher = load_teacher(args.teacher, len(ROADSEG_CLASSES), args.device, args.channels_last)
+            teacher = load_teacher(args.teacher, len(ROADSEG_CLASSES), args.device,
+                                   args.channels_last, tuple(args.teacher_tta))
         except (OSError, KeyError, RuntimeError, ValueError) as error:
             print(f"error: cannot use --teacher {args.teacher}: {error}")
             return 2
@@ -527,6 +549,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher", type=Path, default=None,
                         help="distil from this trained checkpoint (e.g. a large model): the "
                              "student also matches its per-pixel class distributions")
+    parser.add_argument("--teacher-tta", type=float, nargs="+", default=[], metavar="SCALE",
+                        help="average the teacher over the crop and its mirror image at these "
+                             "scales (e.g. 1 0.75, as training.export --tta), so the student "
+                             "learns the averaged model's answer at one call's cost")
     parser.add_argument("--distill-weight", type=float, default=1.0,
                         help="weight of the distillation term beside the cross-entropy")
     parser.add_argument("--distill-temperature", type=float, default=2.0,
@@ -558,6 +584,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.prior_epochs = 0  # set by --init; --resume keeps the value stored in the checkpoint
     if args.resume and args.init:
         parser.error("--resume continues a run and --init starts a new one from its weights; pass one")
+    if args.teacher_tta and not args.teacher:
+        parser.error("--teacher-tta averages a teacher; pass --teacher CHECKPOINT too")
+    if args.teacher_tta:
+        try:
+            FlipScaleAverage.check_scales(tuple(args.teacher_tta))
+        except ValueError as error:
+            parser.error(f"--teacher-tta: {error}")
     for flag, path in (("--resume", args.resume), ("--init", args.init), ("--teacher", args.teacher)):
         if path and not Path(path).is_file():
             parser.error(f"{flag} {path}: no such checkpoint file")
