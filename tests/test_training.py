@@ -431,6 +431,26 @@ def test_export_round_trip_and_metadata(tiny_run, tmp_path):
     assert engine.infer(real[:2]).shape == (2, 360, 480)  # dynamic batch
 
 
+def test_export_at_another_input_size_is_checked_at_that_size(tiny_run, tmp_path, capsys):
+    # --height/--width: a smaller, faster model from the same weights; the PyTorch check runs
+    # on frames at the exported size, and the app's engine reports that size.
+    camvid = camvid_or_skip()
+    out = tmp_path / "small.onnx"
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(tiny_run[0] / "best.pt"), "--data", str(camvid), "--height", "270",
+         "--width", "360", "--out", str(out)])) == 0
+    assert "100.000% of pixels" in capsys.readouterr().out
+    engine = engines.load(out, backend="onnxruntime")
+    assert engine.info.input_size == (270, 360)
+    # Without CamVid to check against: one line, exit 2, nothing written.
+    missing = tmp_path / "missing.onnx"
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(tiny_run[0] / "best.pt"), "--data", str(tmp_path / "nowhere"),
+         "--out", str(missing)])) == 2
+    assert capsys.readouterr().out.startswith("error: CamVid split 'val' not found")
+    assert not missing.exists()
+
+
 def test_evaluate_cli_on_checkpoint_and_onnx_agree(tiny_run, tmp_path, capsys):
     camvid = camvid_or_skip()
     net, _ = load_checkpoint_model(tiny_run[0] / "best.pt")

@@ -25,13 +25,14 @@ import onnx
 import torch
 from torch import nn
 
-from engines.camvid import CamVid
+from engines.camvid import CamVid, DatasetError
 from engines.checkpoint import (CheckpointError, checkpoint_classes, checkpoint_input_size,
                                 load_checkpoint_model, total_epochs)
 from engines.contract import INPUT_NAME, OUTPUT_NAME, contract_metadata, write_metadata
 from engines.contract_wrapper import (MEAN_BGR, STD_BGR, ContractWrapper, FlipScaleAverage,
                                       preprocess_bgr)
 from engines.files import OutputError, check_writable, file_sha256
+from engines.frame_fit import to_input
 from engines.frames import FramesError, sample_frames
 from engines.labels import CAMVID_CLASSES, ClassInfo
 from engines.tool import run_tool
@@ -131,6 +132,15 @@ def main(args: argparse.Namespace) -> int:
     provenance = checkpoint_provenance(checkpoint, args.checkpoint, args.weights)
     default_height, default_width = checkpoint_input_size(checkpoint)
     height, width = args.height or default_height, args.width or default_width
+    # Frames to check the export against PyTorch, read before anything is written, at the
+    # exported input size (a --height/--width export takes smaller frames).
+    try:
+        frames = CamVid(args.data, "val").load_images(limit=8)
+    except DatasetError as error:
+        print(f"error: {error}; the export is checked against PyTorch on 8 of its frames")
+        return 2
+    if frames.shape[1:3] != (height, width):
+        frames = np.stack([to_input(frame, (height, width)) for frame in frames])
     # Your footage's statistics in every BatchNorm, taken from frames spread over all of it.
     if args.bn_frames:
         try:
@@ -151,7 +161,6 @@ def main(args: argparse.Namespace) -> int:
               f"(about {2 * sum(s * s for s in args.tta):.1f}x the compute of one call)")
     export_onnx(net, args.out, height, width,
                 classes=checkpoint_classes(checkpoint), provenance=provenance)
-    frames = CamVid(args.data, "val").load_images(limit=8)
     agreement = compare_with_torch(net, args.out, frames)
     size_mb = args.out.stat().st_size / 1e6
     print(f"wrote {args.out} ({size_mb:.2f} MB); ONNX Runtime vs PyTorch labels agree on "
