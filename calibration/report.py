@@ -10,7 +10,7 @@ import numpy as np
 
 import engines
 from engines.camvid import CamVid
-from engines.metrics import evaluate_engine
+from engines.metrics import engine_labels, evaluate_engine
 
 # Accuracy budgets from the TensorRT issue: mIoU points lost against FP32.
 BUDGET_POINTS = {"fp16": 0.1, "int8": 0.5}
@@ -25,7 +25,7 @@ def accuracy_report(fp32_path: Path, lowered: dict[str, Path], data: Path, split
     images, labels = dataset.load_images(limit), dataset.load_labels(limit)
     rows: dict[str, Any] = {}
     with engines.load(fp32_path, "onnxruntime") as reference:
-        reference_ids = np.concatenate([reference.infer(images[i:i + 1]) for i in range(len(images))])
+        reference_ids = np.stack(list(engine_labels(reference, images)))
     variants = [("onnxruntime", "fp32", Path(fp32_path))]
     variants += [(runtime, precision, Path(path)) for runtime in runtimes
                  for precision, path in lowered.items()]
@@ -34,7 +34,7 @@ def accuracy_report(fp32_path: Path, lowered: dict[str, Path], data: Path, split
         # OpenVINO's fp32 is asked for explicitly: its default on a bf16 CPU is bf16.
         with engines.load(path, runtime, precision="fp32") as engine:
             metrics = evaluate_engine(engine, images, labels)
-            ids = np.concatenate([engine.infer(images[i:i + 1]) for i in range(len(images))])
+            ids = np.stack(list(engine_labels(engine, images)))
         rows[f"{runtime} {precision}"] = {
                            "path": str(path), "runtime": runtime, "precision": precision,
                            "mean_iou": metrics["mean_iou"],

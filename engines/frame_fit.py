@@ -47,3 +47,21 @@ def content_labels(labels: np.ndarray, frame_size: tuple[int, int], input_size: 
     scale_y, scale_x = labels.shape[0] / input_size[0], labels.shape[1] / input_size[1]
     y0, x0 = int(top * scale_y), int(left * scale_x)
     return labels[y0:y0 + max(1, round(height * scale_y)), x0:x0 + max(1, round(width * scale_x))]
+
+
+def fit_frames(images: np.ndarray, input_size: tuple[int, int], mode: str = "stretch") -> np.ndarray:
+    """uint8 BGR frames [N, H, W, 3] at the model's (height, width); the same array when they
+    already are (a model exported with `training.export --height/--width` takes other sizes)."""
+    if images.shape[1:3] == tuple(input_size):
+        return images
+    return np.stack([to_input(image, input_size, mode) for image in images])
+
+
+def labels_to_frame(labels: np.ndarray, frame_size: tuple[int, int], input_size: tuple[int, int],
+                    mode: str = "stretch") -> np.ndarray:
+    """A label map of the model's input (or coarser) at the frame's (height, width): padding
+    cut off, then nearest-neighbour, so models of different input sizes compare pixel by pixel."""
+    labels = content_labels(labels, frame_size, input_size, mode)
+    if labels.shape == tuple(frame_size):
+        return labels
+    return cv2.resize(labels.astype(np.uint8), frame_size[::-1], interpolation=cv2.INTER_NEAREST)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from engines.base import Engine
-from engines.frame_fit import content_labels, to_input
+from engines.frame_fit import fit_frames, labels_to_frame
 from engines.labels import CAMVID_CLASSES, CAMVID_VOID, ClassInfo
 
 
@@ -116,23 +116,19 @@ def score_label_maps(pairs: Iterable[tuple[np.ndarray, np.ndarray]],
     return matrix.summary([c.name for c in classes], drivable_ids=drivable)
 
 
+def engine_labels(engine: Engine, images: np.ndarray, batch_size: int = 1) -> Iterator[np.ndarray]:
+    """The engine's class ids for uint8 BGR frames, `batch_size` frames a call: frames fitted
+    to its input size, labels brought back to the frames' size (nearest), as the renderer does."""
+    frame_size = images.shape[1:3]
+    for start in range(0, len(images), batch_size):
+        batch = fit_frames(images[start:start + batch_size], engine.info.input_size, engine.info.resize)
+        for prediction in engine.infer(batch):
+            yield labels_to_frame(prediction, frame_size, engine.info.input_size, engine.info.resize)
+
+
 def evaluate_engine(engine: Engine, images: np.ndarray, labels: np.ndarray,
                     batch_size: int = 1) -> dict[str, Any]:
-    """Run the engine on uint8 BGR frames and score its class ids against CamVid label maps.
-
-    Frames are resized to the engine's input size when they differ, and predictions are
-    brought back to the label size with nearest-neighbour, as the renderer does.
-    """
-    height, width = engine.info.input_size
-
-    def predictions() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size]
-            if batch.shape[1:3] != (height, width):
-                batch = np.stack([to_input(im, (height, width), engine.info.resize) for im in batch])
-            for prediction, truth in zip(engine.infer(batch), labels[start:start + batch_size],
-                                         strict=True):
-                yield content_labels(prediction, images.shape[1:3], (height, width),
-                                     engine.info.resize), truth
-
-    return score_label_maps(predictions(), engine.info.classes)
+    """Run the engine on uint8 BGR frames and score its class ids against CamVid label maps
+    (at any input size: see `engine_labels`)."""
+    predictions = zip(engine_labels(engine, images, batch_size), labels, strict=True)
+    return score_label_maps(predictions, engine.info.classes)

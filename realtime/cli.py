@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", type=Path, default=engines.DEFAULT_MODEL,
-                       help="model file (.onnx, .pt, .engine) or a shipped model's name, e.g. "
-                            "roadseg-small (default: the shipped CamVid model)")
+                       help="model file (.onnx, .pt, .engine) or a shipped model's name: "
+                            + ", ".join(engines.shipped_models())
+                            + " (default: roadseg; the README's model card says which is which)")
     backends = engines.BACKENDS.values()
     model.add_argument("--backend", default="auto", choices=["auto", *engines.BACKENDS],
                        help="auto: by file suffix (" + ", ".join(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,11 +68,16 @@ def test_camvid_clip_with_shipped_model(tmp_path):
 @pytest.mark.parametrize("name", engines.shipped_models())
 def test_every_shipped_model_runs_by_name(assets, tmp_path, name):
     # Users pick a shipped model with --model NAME; each must be a trained contract model, and
-    # its name must say what it is (its size; test-time augmentation).
-    provenance = engines.load(name).info.details["provenance"]
+    # its name must say what it is (its network; test-time augmentation; an input size other
+    # than CamVid's 480x360, as WIDTHxHEIGHT).
+    info = engines.load(name).info
+    provenance = info.details["provenance"]
     size = "small" if name.startswith("roadseg-small") else "base"
     assert provenance["epochs"] >= 100 and provenance["model_size"] == size
     assert ("test_time_augmentation" in provenance) == name.startswith("roadseg-tta")
+    named_size = re.search(r"-(\d+)x(\d+)", name)
+    width, height = map(int, named_size.groups()) if named_size else (480, 360)
+    assert info.input_size == (height, width)
     summary = tmp_path / "s.json"
     # ONNX Runtime: auto's first timing of every runtime is tested elsewhere, and costs seconds.
     result = run_app("--video", str(assets["video"]), "--model", name, "--headless",

@@ -19,7 +19,7 @@ from helpers import REPO, camvid_or_skip, write_camvid_video
 import engines
 from training import evaluate as evaluate_cli
 from training import export as export_cli
-from training import compare, frontier, train
+from training import bench_runtimes, compare, frontier, train
 from engines.camvid import CamVid
 from training.augment import CopyPaste, class_mix
 from training.data import augment_batch, load_splits, void_to_train_labels
@@ -449,6 +449,30 @@ def test_export_at_another_input_size_is_checked_at_that_size(tiny_run, tmp_path
          "--out", str(missing)])) == 2
     assert capsys.readouterr().out.startswith("error: CamVid split 'val' not found")
     assert not missing.exists()
+
+
+def test_runtime_benchmark_compares_models_of_different_input_sizes(tmp_path, capsys):
+    # The shipped weights at 360x480 and exported at 270x360: each variant is timed on frames
+    # at its own input size and compared with the first at the frame's size.
+    camvid = camvid_or_skip()
+    smaller = tmp_path / "roadseg-270.onnx"
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(SHIPPED_CHECKPOINT), "--data", str(camvid), "--height", "270",
+         "--width", "360", "--out", str(smaller)])) == 0
+    report = tmp_path / "bench.json"
+    assert bench_runtimes.main(bench_runtimes.parse_args(
+        ["--data", str(camvid), "--limit", "4", "--rounds", "1", "--calls", "2", "--seconds", "0.3",
+         "--json", str(report), "--variant", f"onnxruntime:{REPO / 'engines/models/roadseg.onnx'}",
+         "--variant", f"onnxruntime:{smaller}"])) == 0
+    first, second = json.loads(report.read_text())["rows"]
+    assert (first["input_size"], second["input_size"]) == ([360, 480], [270, 360])
+    assert first["agreement"] == 100.0
+    # The same weights at three quarters of the size label most pixels alike, not all.
+    assert 85.0 < second["agreement"] < 100.0
+    assert second["mean_iou"] > 50.0 and second["ms_p50"] > 0
+    assert "| 360x270 |" in capsys.readouterr().out
+    assert bench_runtimes.main(bench_runtimes.parse_args(
+        ["--data", str(tmp_path / "nowhere"), "--variant", "onnxruntime:m.onnx"])) == 2
 
 
 def test_evaluate_cli_on_checkpoint_and_onnx_agree(tiny_run, tmp_path, capsys):

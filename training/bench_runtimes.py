@@ -28,8 +28,9 @@ import numpy as np
 
 import engines
 from engines.base import Engine
-from engines.camvid import CamVid
-from engines.metrics import evaluate_engine
+from engines.camvid import CamVid, DatasetError
+from engines.frame_fit import fit_frames
+from engines.metrics import engine_labels, evaluate_engine
 from engines.tool import run_tool
 
 
@@ -69,16 +70,23 @@ def throughput(backend: str, model: Path, precision: str, frames: np.ndarray, st
 
 
 def main(args: argparse.Namespace) -> int:
-    dataset = CamVid(args.data, args.split)
+    try:
+        dataset = CamVid(args.data, args.split)
+    except DatasetError as error:
+        print(f"error: {error}")
+        return 2
     images, labels = dataset.load_images(args.limit), dataset.load_labels(args.limit)
     variants = [parse_variant(v) for v in args.variant]
     engines_open = [open_variant(*v, threads=args.threads) for v in variants]
+    # Each variant is timed on frames at its own input size, as the app feeds it.
+    inputs = [fit_frames(images, engine.info.input_size, engine.info.resize)
+              for engine in engines_open]
     rows: list[dict[str, Any]] = []
     try:
         # Accuracy first (untimed): labels of every variant, agreement with the first.
         reference = None
         for (backend, model, precision), engine in zip(variants, engines_open, strict=True):
-            ids = np.concatenate([engine.infer(images[i:i + 1]) for i in range(len(images))])
+            ids = np.stack(list(engine_labels(engine, images)))
             reference = ids if reference is None else reference
             metrics = evaluate_engine(engine, images, labels)
             rows.append({"backend": backend, "model": str(model), "asked": precision,
@@ -88,30 +96,31 @@ def main(args: argparse.Namespace) -> int:
                          "agreement": float((ids == reference).mean()) * 100,
                          "start_seconds": engine.info.details.get("compile_seconds"), "ms": []})
         # Interleaved latency rounds after a warm-up of each variant.
-        for engine in engines_open:
-            for frame in images[:10]:
+        for engine, frames in zip(engines_open, inputs, strict=True):
+            for frame in frames[:10]:
                 engine.infer(frame[None])
         for round_index in range(args.rounds):
-            for row, engine in zip(rows, engines_open, strict=True):
+            for row, engine, frames in zip(rows, engines_open, inputs, strict=True):
                 for call in range(args.calls):
-                    frame = images[(round_index * args.calls + call) % len(images)][None]
+                    frame = frames[(round_index * args.calls + call) % len(frames)][None]
                     started = time.perf_counter()
                     engine.infer(frame)
                     row["ms"].append((time.perf_counter() - started) * 1000)
     finally:
         for engine in engines_open:
             engine.close()
-    for row, variant in zip(rows, variants, strict=True):
+    for row, variant, frames in zip(rows, variants, inputs, strict=True):
         times = row.pop("ms")
         row.update(ms_p50=float(np.median(times)), ms_p95=float(np.percentile(times, 95)),
-                   fps=1000 / float(np.median(times)))
-        row[f"fps_{args.streams}_streams"] = throughput(*variant, images, args.streams, args.seconds)
+                   fps=1000 / float(np.median(times)), input_size=list(frames.shape[1:3]))
+        row[f"fps_{args.streams}_streams"] = throughput(*variant, frames, args.streams, args.seconds)
     base = rows[0]["ms_p50"]
-    lines = [f"| runtime | model | precision | ms p50 ({args.threads} threads) | vs first | FPS | "
+    lines = [f"| runtime | model | input | precision | ms p50 ({args.threads} threads) | vs first | FPS | "
              f"FPS, {args.streams} single-thread calls in flight | mIoU | Road IoU | pixels = first |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['backend']} | {Path(row['model']).name} | {row['precision']} | "
+        height, width = row["input_size"]
+        lines.append(f"| {row['backend']} | {Path(row['model']).name} | {width}x{height} | {row['precision']} | "
                      f"{row['ms_p50']:.2f} | {row['ms_p50'] / base:.2f} | {row['fps']:.0f} | "
                      f"{row[f'fps_{args.streams}_streams']:.0f} | {row['mean_iou']:.2f} | "
                      f"{row['road_iou']:.2f} | {row['agreement']:.2f} % |")
