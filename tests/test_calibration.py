@@ -11,6 +11,7 @@ import engines
 from engines.contract import INT8_BUDGET_POINTS, accuracy_within_budget, int8_sibling, read_metadata
 from engines.frames import _evenly, sample_frames
 from engines.lowering import lower_precision, qdq_facts
+from calibration.report import accuracy_report
 from helpers import camvid_or_skip, write_video
 
 
@@ -69,11 +70,13 @@ def test_fp16_keeps_io_types_and_runs(tmp_path):
     assert (fp16.infer(frames) == engines.load(engines.DEFAULT_MODEL).infer(frames)).mean() > 0.999
 
 
-def test_shipped_int8_records_its_accuracy_cost_on_every_cpu_runtime():
+@pytest.mark.parametrize("name", [n for n in engines.shipped_models() if not n.endswith(".int8")
+                                  and int8_sibling(engines.resolve_model(n)).is_file()])
+def test_shipped_int8_records_its_accuracy_cost_on_every_cpu_runtime(name):
     # --backend auto lets the INT8 sibling compete on a runtime only where its metadata holds
     # the accuracy it costs there: a rebuild reported on one runtime would silently fall back
     # to a slower float form on the other.
-    meta = read_metadata(onnx.load(str(int8_sibling(engines.DEFAULT_MODEL))))
+    meta = read_metadata(onnx.load(str(int8_sibling(engines.resolve_model(name)))))
     for runtime in ("onnxruntime", "openvino"):
         delta = accuracy_within_budget(meta, runtime)
         assert delta is not None and -delta <= INT8_BUDGET_POINTS, runtime
@@ -95,3 +98,15 @@ def test_frames_are_taken_evenly_and_deterministically(tmp_path):
         cv2.imwrite(str(tmp_path / f"f{index}.png"), np.full((8, 8, 3), index * 40, np.uint8))
     picked = sample_frames(tmp_path / "*.png", 3, (8, 8))
     assert [int(f[0, 0, 0]) for f in picked] == [0, 80, 200]  # images 0, 2 (round 2.5), 5
+
+
+def test_accuracy_report_runs_a_model_at_its_own_input_size():
+    # roadseg-360x270 takes 360x270 frames; the report fits CamVid's 480x360 frames to it and
+    # compares the labels at the frames' size (it once fed 480x360 frames and crashed).
+    camvid = camvid_or_skip()
+    fp32 = engines.resolve_model("roadseg-360x270")
+    report = accuracy_report(fp32, {"int8": int8_sibling(fp32)}, camvid, limit=4,
+                             runtimes=("onnxruntime",))
+    row = report["results"]["onnxruntime int8"]
+    assert report["results"]["onnxruntime fp32"]["agreement_with_fp32"] == 1.0
+    assert 0.98 < row["agreement_with_fp32"] < 1.0 and row["mean_iou"] > 0.5
