@@ -32,7 +32,7 @@ from engines.contract import INPUT_NAME, OUTPUT_NAME, contract_metadata, write_m
 from engines.contract_wrapper import (MEAN_BGR, STD_BGR, ContractWrapper, FlipScaleAverage,
                                       preprocess_bgr)
 from engines.files import OutputError, check_writable, file_sha256
-from engines.frame_fit import to_input
+from engines.frame_fit import fit_frames
 from engines.frames import FramesError, sample_frames
 from engines.labels import CAMVID_CLASSES, ClassInfo
 from engines.tool import run_tool
@@ -139,8 +139,7 @@ def main(args: argparse.Namespace) -> int:
     except DatasetError as error:
         print(f"error: {error}; the export is checked against PyTorch on 8 of its frames")
         return 2
-    if frames.shape[1:3] != (height, width):
-        frames = np.stack([to_input(frame, (height, width)) for frame in frames])
+    frames = fit_frames(frames, (height, width))
     # Your footage's statistics in every BatchNorm, taken from frames spread over all of it.
     if args.bn_frames:
         try:
