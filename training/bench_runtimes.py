@@ -10,7 +10,7 @@ Each --variant is BACKEND:MODEL[:PRECISION]. Latency rounds are interleaved (eve
 once per round, --rounds rounds of --calls calls), so drift on a shared machine hits all of
 them alike; medians are reported. Throughput runs --streams threads, each making single-thread
 calls, for --seconds, as `run.py --workers N` does. The first variant is the reference for
-pixel agreement; mIoU uses the shared confusion matrix (engines.metrics.evaluate_engine).
+pixel agreement; mIoU uses the shared confusion matrix (engines.metrics.score_label_maps).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import engines
 from engines.base import Engine
 from engines.camvid import CamVid, DatasetError
 from engines.frame_fit import fit_frames
-from engines.metrics import engine_labels, evaluate_engine
+from engines.metrics import engine_labels, score_label_maps
 from engines.tool import run_tool
 
 
@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
         for (backend, model, precision), engine in zip(variants, engines_open, strict=True):
             ids = np.stack(list(engine_labels(engine, images)))
             reference = ids if reference is None else reference
-            metrics = evaluate_engine(engine, images, labels)
+            metrics = score_label_maps(zip(ids, labels, strict=True), engine.info.classes)
             rows.append({"backend": backend, "model": str(model), "asked": precision,
                          "precision": engine.info.precision, "threads": args.threads,
                          "mean_iou": metrics["mean_iou"] * 100,
