@@ -23,17 +23,13 @@ class CheckpointError(ValueError):
     """A file that is not a checkpoint training.train wrote; the message is one line."""
 
 
-def load_checkpoint_model(path: Path, weights: str = "model") -> tuple[RoadSegNet, dict[str, Any]]:
-    """Rebuild the network a checkpoint was trained with and load its weights strictly.
-
-    `weights`: "model", the weights as trained, or "ema", the moving average of them that
-    training keeps with --ema (stored as an AveragedModel state: "module."-prefixed keys).
-    Raises CheckpointError for anything else.
-    """
+def read_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict a checkpoint holds, tensors on `device`; raises CheckpointError (one line) for a
+    file that is missing, unreadable, carries code, or lacks the weights or the network's size."""
     what = "is not a checkpoint written by training.train"
     # weights_only: a checkpoint is tensors and plain types, so a file that carries code is refused.
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
     except OSError as error:
         raise CheckpointError(f"{path}: cannot read it ({error.strerror or error})") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
@@ -43,6 +39,17 @@ def load_checkpoint_model(path: Path, weights: str = "model") -> tuple[RoadSegNe
     if not (isinstance(checkpoint, dict) and "model" in checkpoint
             and "model_size" in checkpoint.get("args", {})):
         raise CheckpointError(f"{path} {what} (it lacks the weights or the network's size)")
+    return checkpoint
+
+
+def load_checkpoint_model(path: Path, weights: str = "model") -> tuple[RoadSegNet, dict[str, Any]]:
+    """Rebuild the network a checkpoint was trained with and load its weights strictly.
+
+    `weights`: "model", the weights as trained, or "ema", the moving average of them that
+    training keeps with --ema (stored as an AveragedModel state: "module."-prefixed keys).
+    Raises CheckpointError for anything else.
+    """
+    checkpoint = read_checkpoint(path)
     net = build_model(checkpoint["args"]["model_size"], checkpoint.get("num_classes", 11))
     if weights == "ema":
         if "ema" not in checkpoint:

@@ -425,8 +425,8 @@ def open_source(video: str | None = None, camera: str | None = None, images: str
     if spec is None:
         explicit = {"video": video, "images": images, "camera": camera}
         kind, spec = next((name, str(value)) for name, value in explicit.items() if value is not None)
-        if kind == "camera" and spec.startswith(STREAM_SCHEMES):
-            kind = "stream"
+        if kind in ("camera", "video") and spec.startswith(STREAM_SCHEMES):
+            kind = "stream"  # a recorded stream's URL is a video too (videoSource reads both)
         if kind == "video" and (Path(spec).is_dir() or any(ch in spec for ch in "*?[")):
             kind = "videos"  # --video DIR or --video "clips/*.mp4": the clips in name order
     else:

@@ -38,6 +38,12 @@ def test_every_kind_runs_from_one_positional_argument(assets, tmp_path):
             assert result.returncode == 0, (spec, result.stderr)
             report = json.loads(summary.read_text())
             assert report["frames"] + report["dropped"] == frames, spec
+        # A stream URL given as --video is opened as the stream, not read as a file path.
+        result = run_app("--video", camera.url, "--headless", "--model", str(assets["tiny"]),
+                         "--max-frames", "5", "--summary-json", str(summary))
+        assert result.returncode == 0, result.stderr
+        report = json.loads(summary.read_text())
+        assert report["frames"] + report["dropped"] == 5
     result = run_app("--input", str(video), "--headless", "--max-frames", "2")
     assert result.returncode == 0, result.stderr
 

@@ -71,6 +71,21 @@ def test_checkpoint_reloads_strictly_and_resumes(tiny_run):
     assert load_checkpoint_model(out / "last.pt")[1]["epoch"] == 12
 
 
+def test_a_checkpoint_that_does_not_fit_the_run_is_one_line(tiny_run, tmp_path, capsys):
+    # The tiny run trained a small network: warm-starting a base one from it names the fix.
+    out, _ = tiny_run
+    common = ["--data", str(camvid_or_skip()), "--limit", "2", "--crop", "96", "128",
+              "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert train.main(train.parse_args([*common, "--init", str(out / "last.pt")])) == 2
+    assert "pass --model-size small" in capsys.readouterr().out
+    # Any other file is refused as a checkpoint, for --init and --resume alike.
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    for flag in ("--init", "--resume"):
+        assert train.main(train.parse_args([*common, flag, str(tmp_path / "notes.pt")])) == 2
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert lines[-1].startswith("error: ") and "is not a checkpoint" in lines[-1], lines
+
+
 def test_weight_decay_scope_weights_spares_batchnorm_and_biases(tiny_run, capsys):
     # With zero gradients an AdamW step only decays: convolution weights shrink in both scopes,
     # BatchNorm scales and biases only under "all".
@@ -473,6 +488,13 @@ def test_runtime_benchmark_compares_models_of_different_input_sizes(tmp_path, ca
     assert "| 360x270 |" in capsys.readouterr().out
     assert bench_runtimes.main(bench_runtimes.parse_args(
         ["--data", str(tmp_path / "nowhere"), "--variant", "onnxruntime:m.onnx"])) == 2
+    # A misspelt runtime or a missing model is one line, not a traceback.
+    capsys.readouterr()
+    for variant in ("onnxruntim:engines/models/roadseg.onnx", f"onnxruntime:{tmp_path / 'no.onnx'}"):
+        assert bench_runtimes.main(bench_runtimes.parse_args(
+            ["--data", str(camvid), "--limit", "1", "--variant",
+             f"onnxruntime:{REPO / 'engines/models/roadseg.onnx'}", "--variant", variant])) == 2
+        assert capsys.readouterr().out.startswith("error: ")
 
 
 def test_evaluate_cli_on_checkpoint_and_onnx_agree(tiny_run, tmp_path, capsys):

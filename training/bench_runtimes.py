@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 import engines
-from engines.base import Engine
+from engines.base import Engine, EngineError
 from engines.camvid import CamVid, DatasetError
 from engines.frame_fit import fit_frames
 from engines.metrics import engine_labels, score_label_maps
@@ -77,7 +77,15 @@ def main(args: argparse.Namespace) -> int:
         return 2
     images, labels = dataset.load_images(args.limit), dataset.load_labels(args.limit)
     variants = [parse_variant(v) for v in args.variant]
-    engines_open = [open_variant(*v, threads=args.threads) for v in variants]
+    engines_open: list[Engine] = []
+    try:
+        for variant in variants:
+            engines_open.append(open_variant(*variant, threads=args.threads))
+    except EngineError as error:
+        for engine in engines_open:
+            engine.close()
+        print(f"error: {error}")
+        return 2
     # Each variant is timed on frames at its own input size, as the app feeds it.
     inputs = [fit_frames(images, engine.info.input_size, engine.info.resize)
               for engine in engines_open]

@@ -39,7 +39,7 @@ from training.augment import (CopyPaste, RealHoods, RobustAugment, class_mix,
 from training.data import (augment_batch, class_weights, iterate_batches, load_splits,
                            void_to_train_labels)
 from engines.camvid import DatasetError
-from engines.checkpoint import load_checkpoint_model, total_epochs
+from engines.checkpoint import CheckpointError, load_checkpoint_model, read_checkpoint, total_epochs
 from engines.frames import FramesError, listed_names, sample_frames
 from engines.contract import DEFAULT_INPUT_SIZE
 from engines.contract_wrapper import FlipScaleAverage, preprocess_bgr
@@ -412,9 +412,22 @@ def main(args: argparse.Namespace) -> int:
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
         if args.ema > 0 else None)
     start_epoch, best_miou = 0, -1.0
+    try:
+        checkpoint = read_checkpoint(args.resume or args.init, args.device) \
+            if args.resume or args.init else None
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"], strict=True)
+    except CheckpointError as error:
+        print(f"error: {error}")
+        return 2
+    except RuntimeError as error:
+        size = checkpoint["args"]["model_size"]
+        fix = f"pass --model-size {size}" if size != args.model_size else \
+            f"its weights do not fit ({str(error).splitlines()[-1].strip()})"
+        print(f"error: {args.resume or args.init} holds a {size} network, this run trains a "
+              f"{args.model_size} one; {fix}")
+        return 2
     if args.resume:
-        checkpoint = torch.load(args.resume, map_location=args.device, weights_only=True)
-        model.load_state_dict(checkpoint["model"], strict=True)
         try:
             optimizer.load_state_dict(checkpoint["optimizer"])
         except ValueError:
@@ -437,8 +450,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"resumed from {args.resume} at epoch {start_epoch}")
     elif args.init:
         # A warm restart (SGDR-style): the weights carry over, the optimizer and LR curve start anew.
-        checkpoint = torch.load(args.init, map_location=args.device, weights_only=True)
-        model.load_state_dict(checkpoint["model"], strict=True)
         # Epochs behind these weights, so exported provenance counts the whole chain.
         args.prior_epochs = total_epochs(checkpoint)
         print(f"initialised from {args.init} ({args.prior_epochs} epochs behind it); "
