@@ -1,6 +1,6 @@
 """Engines: one interface (`Engine`), small backends chosen by model file suffix.
 
-    engine = engines.load("engines/models/roadseg.onnx")   # or a shipped name: "roadseg-small"
+    engine = engines.load("engines/models/roadseg.onnx")   # or a shipped name: "roadseg-360x270"
     labels = engine.infer(images)        # uint8 BGR [N, H, W, 3] → class ids [N, H, W]
 """
 
@@ -27,14 +27,22 @@ def shipped_models() -> list[str]:
     return sorted(path.stem for path in MODELS_DIR.glob("*.onnx"))
 
 
+# Names that shipped once, with what replaces them, so that an old command gets the fix.
+RETIRED_MODELS = {
+    "roadseg-small": "roadseg-360x270, which is faster and more accurate (README, 'Default model')",
+}
+
+
 def resolve_model(path: str | Path) -> Path:
-    """A model file path, or the name of a shipped model ("roadseg-small") → an existing file."""
+    """A model file path, or the name of a shipped model ("roadseg-360x270") → an existing file."""
     path = Path(path)
     if path.is_file():
         return path
     shipped = MODELS_DIR / f"{path.name}.onnx"
-    if path.parent == Path(".") and shipped.is_file():  # "roadseg-small", "roadseg.int8"
+    if path.parent == Path(".") and shipped.is_file():  # "roadseg-360x270", "roadseg.int8"
         return shipped
+    if path.parent == Path(".") and path.name in RETIRED_MODELS:
+        raise EngineError(f"model {path.name} no longer ships; use --model {RETIRED_MODELS[path.name]}")
     if path == DEFAULT_MODEL:
         hint = "train and export it (README, 'Default model')"
     else:

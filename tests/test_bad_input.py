@@ -85,6 +85,9 @@ def test_missing_model(assets, tmp_path):
 def test_unknown_model_name_lists_the_shipped_models(assets):
     result = run_app("--video", str(assets["video"]), "--model", "roadseg-huge", "--headless")
     assert_one_line_error(result, "does not exist", "roadseg")
+    # A name that shipped once says what replaced it.
+    result = run_app("--video", str(assets["video"]), "--model", "roadseg-small", "--headless")
+    assert_one_line_error(result, "no longer ships", "--model roadseg-360x270")
 
 
 def test_model_file_that_is_not_onnx(assets, tmp_path):

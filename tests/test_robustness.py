@@ -117,7 +117,7 @@ def test_checkpoint_that_carries_code_is_refused_with_one_line(tmp_path):
 @pytest.mark.skipif(not TEACHER.is_file() or not BDD.is_dir(),
                     reason="needs ../shared/teachers/twinlitenet and ../shared/data/bdd-samples")
 def test_reference_comparison_on_bdd_samples(tmp_path, capsys):
-    args = reference.parse_args(["--model", "roadseg-small", "--frames", str(BDD), "--teacher",
+    args = reference.parse_args(["--model", "roadseg-360x270", "--frames", str(BDD), "--teacher",
                                  str(TEACHER), "--sheet", str(tmp_path / "s.png"),
                                  "--json", str(tmp_path / "r.json")])
     assert reference.main(args) == 0
