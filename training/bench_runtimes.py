@@ -78,19 +78,13 @@ def main(args: argparse.Namespace) -> int:
     images, labels = dataset.load_images(args.limit), dataset.load_labels(args.limit)
     variants = [parse_variant(v) for v in args.variant]
     engines_open: list[Engine] = []
+    rows: list[dict[str, Any]] = []
     try:
         for variant in variants:
             engines_open.append(open_variant(*variant, threads=args.threads))
-    except EngineError as error:
-        for engine in engines_open:
-            engine.close()
-        print(f"error: {error}")
-        return 2
-    # Each variant is timed on frames at its own input size, as the app feeds it.
-    inputs = [fit_frames(images, engine.info.input_size, engine.info.resize)
-              for engine in engines_open]
-    rows: list[dict[str, Any]] = []
-    try:
+        # Each variant is timed on frames at its own input size, as the app feeds it.
+        inputs = [fit_frames(images, engine.info.input_size, engine.info.resize)
+                  for engine in engines_open]
         # Accuracy first (untimed): labels of every variant, agreement with the first.
         reference = None
         for (backend, model, precision), engine in zip(variants, engines_open, strict=True):
@@ -114,6 +108,9 @@ def main(args: argparse.Namespace) -> int:
                     started = time.perf_counter()
                     engine.infer(frame)
                     row["ms"].append((time.perf_counter() - started) * 1000)
+    except EngineError as error:
+        print(f"error: {error}")
+        return 2
     finally:
         for engine in engines_open:
             engine.close()

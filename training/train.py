@@ -412,21 +412,22 @@ def main(args: argparse.Namespace) -> int:
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
         if args.ema > 0 else None)
     start_epoch, best_miou = 0, -1.0
-    try:
-        checkpoint = read_checkpoint(args.resume or args.init, args.device) \
-            if args.resume or args.init else None
-        if checkpoint is not None:
+    # --resume continues a run, --init starts a new schedule; both begin from a checkpoint's weights.
+    start_from = args.resume or args.init
+    if start_from:
+        try:
+            checkpoint = read_checkpoint(start_from, args.device)
             model.load_state_dict(checkpoint["model"], strict=True)
-    except CheckpointError as error:
-        print(f"error: {error}")
-        return 2
-    except RuntimeError as error:
-        size = checkpoint["args"]["model_size"]
-        fix = f"pass --model-size {size}" if size != args.model_size else \
-            f"its weights do not fit ({str(error).splitlines()[-1].strip()})"
-        print(f"error: {args.resume or args.init} holds a {size} network, this run trains a "
-              f"{args.model_size} one; {fix}")
-        return 2
+        except CheckpointError as error:
+            print(f"error: {error}")
+            return 2
+        except RuntimeError as error:
+            size = checkpoint["args"]["model_size"]
+            fix = (f"pass --model-size {size}" if size != args.model_size
+                   else f"its weights do not fit ({str(error).splitlines()[-1].strip()})")
+            print(f"error: {start_from} holds a {size} network, this run trains a "
+                  f"{args.model_size} one; {fix}")
+            return 2
     if args.resume:
         try:
             optimizer.load_state_dict(checkpoint["optimizer"])
