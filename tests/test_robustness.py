@@ -16,7 +16,7 @@ from helpers import REPO, camvid_or_skip, run_app
 from engines.labels import CAMVID_VOID, EGO_CLASS, TRAIN_IGNORE
 from engines.metrics import ConfusionMatrix
 from training import reference
-from training.augment import RealHoods, RobustAugment, paint_hood
+from training.augment import RealHoods, RobustAugment, paint_dashboard, paint_hood
 from engines.camvid import CamVid
 from training.corruptions import CORRUPTIONS, corrupt_frames
 from training.data import load_splits, void_to_train_labels
@@ -57,6 +57,28 @@ def test_robust_augmentation_keeps_labels_and_hood_is_labelled_ego():
     paint_hood(out, hooded, 11, probability=1.0, generator=generator)
     assert (hooded[:, -1] == 11).all()  # the bottom row is hood in every frame
     assert (hooded[:, 0] == labels[:, 0].long()).all()  # the top row is untouched
+
+
+def test_dashboard_is_a_dark_ego_band_and_its_windscreen_haze_keeps_the_road():
+    images, labels = load_splits(camvid_or_skip(), ["train"], limit=8, sequences={"0016E5"})
+    void_to_train_labels(labels, CAMVID_VOID, EGO_CLASS.id, TRAIN_IGNORE)
+    rgb = images.permute(0, 3, 1, 2).flip(1).float() / 255
+    before_rgb, before_labels = rgb.clone(), labels.long()
+    painted = before_labels.clone()
+    paint_dashboard(rgb, painted, EGO_CLASS.id, probability=1.0,
+                    generator=torch.Generator().manual_seed(0))
+    ego = painted == EGO_CLASS.id
+    height = ego.shape[1]
+    # A band at the bottom of every frame, never above the tallest dashboard plus its tilt.
+    assert (ego[:, -1]).all()
+    assert not ego[:, :int(height * (1 - 0.32 - 0.04 - 0.1))].any()
+    # Dark: the band is far darker than the scene it covers.
+    assert rgb.permute(0, 2, 3, 1)[ego].mean() < 0.5 * before_rgb.permute(0, 2, 3, 1)[ego].mean()
+    # Labels change only under the band, though the haze brightens the scene above it.
+    assert torch.equal(painted[~ego], before_labels[~ego])
+    above = ~ego & ((rgb - before_rgb).abs().amax(1) > 0.02)
+    assert above.any()  # some frames got the windscreen reflection
+    assert (rgb[:, :, :int(height * 0.4)] == before_rgb[:, :, :int(height * 0.4)]).all()
 
 
 def test_real_hoods_are_cut_from_0001TP_and_pasted_as_ego_at_the_bottom():

@@ -7,7 +7,8 @@ glare, fog and cast shadows have no kornia op and are written here as a few tens
 
 The hood is the one geometric effect: dashcams see their own car, which is not drivable, so a
 hood-shaped region is painted at the bottom of some crops and labelled as the ego class, either
-synthetic (`paint_hood`) or a real hood cut from a labelled frame (`RealHoods`).
+synthetic (`paint_hood`, or `paint_dashboard` for cameras behind the windscreen) or a real hood
+cut from a labelled frame (`RealHoods`).
 """
 
 from __future__ import annotations
@@ -191,6 +192,57 @@ def paint_hood(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probability
         labels[i][mask] = ego_id
 
 
+def paint_dashboard(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probability: float,
+                    generator: torch.Generator | None = None) -> None:
+    """Paint a synthetic dashboard at the bottom of some RGB [B, 3, H, W] 0..1 frames, in place.
+
+    Many dashcams sit behind the windscreen and see the dashboard rather than a glossy hood: a
+    dark, matte, nearly flat band whose top edge is straight or gently curved either way, with
+    blotchy low-frequency shading and grain. Its mirror image on the windscreen lies over the
+    road just above the edge as a faint light haze; the road under that haze keeps its label,
+    so the network learns that a veiled road is still road and only the band itself is ego.
+    Pixels under the band get `ego_id`.
+    """
+    b, _, h, w = rgb.shape
+    device = rgb.device
+    xs = torch.linspace(-1, 1, w, device=device).view(1, w)
+    rows = torch.arange(h, device=device).view(h, 1).float()
+
+    for i in range(b):
+        if torch.rand((), generator=generator).item() >= probability:
+            continue
+        # A nearly straight edge: a little tilt and a small sag or bulge.
+        height = h * _draw(0.08, 0.32, generator)
+        tilt = h * _draw(-0.04, 0.04, generator)
+        sag = height * _draw(-0.3, 0.3, generator)
+        edge = h - height + tilt * xs + sag * (xs ** 2 - 1 / 3)  # [1, w] top row per column
+        mask = rows >= edge
+        if not mask.any():
+            continue
+        # Dark plastic: near black, slightly tinted, lit unevenly, with sensor grain.
+        luminance = 0.02 + 0.2 * torch.rand((), generator=generator).item() ** 2
+        tint = 1 + 0.2 * (torch.rand(3, generator=generator) - 0.5)
+        blotches = F.interpolate(torch.rand((1, 1, 4, 8), generator=generator), size=(h, w),
+                                 mode="bicubic", align_corners=False)[0].to(device)
+        grain = 0.015 * torch.randn((1, h, w), generator=generator).to(device)
+        depth = ((rows - edge) / max(height, 1.0)).clamp(0, 1)  # 0 at the edge, 1 at the bottom
+        lit_edge = 1 + _draw(-0.3, 0.6, generator) * (1 - depth)  # sun on the top surface
+        paint = (luminance * tint.to(device).view(3, 1, 1) * lit_edge * (0.6 + 0.8 * blotches)
+                 + grain).clamp(0, 1)
+        # Its reflection on the windscreen: a light haze over the scene just above the edge.
+        if torch.rand((), generator=generator).item() < 0.5:
+            reach = h * _draw(0.05, 0.25, generator)
+            haze = ((edge - rows) / reach).clamp(0, 1)
+            haze = torch.where(rows < edge, 1 - haze, torch.zeros_like(haze))
+            strength = _draw(0.1, 0.4, generator)
+            glare = (0.3 + 0.7 * blotches) * strength * haze
+            rgb[i] = (rgb[i] + glare).clamp(0, 1)
+        # A soft transition: the dashboard is close to the lens and out of focus.
+        soft = ((rows - edge) / _draw(0.5, 3.0, generator) + 0.5).clamp(0, 1)
+        rgb[i] = soft * paint + (1 - soft) * rgb[i]
+        labels[i][mask] = ego_id
+
+
 class RealHoods:
     """Real ego-vehicle hoods, cut from the training frames where the ego class is labelled
     (CamVid drive 0001TP), to paste at the bottom of other crops.
@@ -257,6 +309,11 @@ class RealHoods:
 def expected_hood_share(probability: float) -> float:
     """Mean fraction of training pixels the hood covers (for its class weight)."""
     return probability * 0.19 * (1 - 0.3 / 2)  # mean height 19 %, the arc trims ~15 %
+
+
+def expected_dashboard_share(probability: float) -> float:
+    """Mean fraction of training pixels the synthetic dashboard covers (for the ego weight)."""
+    return probability * 0.20  # mean height 20 %; the sag averages out across the width
 
 
 class CopyPaste:

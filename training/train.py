@@ -35,7 +35,8 @@ from engines.labels import (CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, ROADSEG_CLAS
                             TRAIN_IGNORE, classes_to_json)
 from engines.metrics import ConfusionMatrix, format_table
 from training.augment import (CopyPaste, RealHoods, RobustAugment, class_mix,
-                              expected_hood_share, paint_hood)
+                              expected_dashboard_share, expected_hood_share, paint_dashboard,
+                              paint_hood)
 from training.data import (augment_batch, class_weights, iterate_batches, load_splits,
                            void_to_train_labels)
 from engines.camvid import DatasetError
@@ -143,12 +144,14 @@ def crop_for_epoch(args: argparse.Namespace, epoch: int) -> tuple[int, int]:
 
 def robust_batch(images: torch.Tensor, labels: torch.Tensor, augment: RobustAugment,
                  hood_probability: float, generator: torch.Generator,
-                 real_hoods: RealHoods | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real hoods, then night, weather and sensor effects (which darken or blur the real hood
-    with the scene), then the synthetic hood, on uint8 BGR NHWC crops."""
+                 real_hoods: RealHoods | None = None,
+                 dashboard_probability: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real hoods and dashboards, then night, weather and sensor effects (which darken, blur
+    and grain them with the scene), then the synthetic hood, on uint8 BGR NHWC crops."""
     rgb = images.permute(0, 3, 1, 2).flip(1).float() / 255
     if real_hoods is not None:
         real_hoods.paste(rgb, labels, generator)
+    paint_dashboard(rgb, labels, EGO_CLASS.id, dashboard_probability, generator)
     rgb = augment(rgb, generator)
     paint_hood(rgb, labels, EGO_CLASS.id, hood_probability, generator)
     return (rgb * 255).round().to(torch.uint8).flip(1).permute(0, 2, 3, 1), labels
@@ -270,7 +273,7 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
             batch_images = torch.cat([batch_images, mixed_images])
             batch_labels = torch.cat([batch_labels, mixed_labels])
         batch_images, batch_labels = robust_batch(batch_images, batch_labels, augment, args.hood,
-                                                  generator, real_hoods)
+                                                  generator, real_hoods, args.dashboard)
         # Forward in bf16 where asked (the loss in fp32), backward, step.
         inputs = preprocess_bgr(batch_images).contiguous(memory_format=memory_format)
         with amp:
@@ -382,7 +385,8 @@ def main(args: argparse.Namespace) -> int:
     real_hood_share = (train_labels == EGO_CLASS.id).double().mean().item()
     real_hoods = RealHoods(train_images, train_labels, EGO_CLASS.id, args.real_hood)
     pasted_share = real_hoods.expected_share()
-    ego_weight = 1.0 / math.log(1.02 + expected_hood_share(args.hood) + real_hood_share + pasted_share)
+    painted_share = expected_hood_share(args.hood) + expected_dashboard_share(args.dashboard)
+    ego_weight = 1.0 / math.log(1.02 + painted_share + real_hood_share + pasted_share)
     weights = torch.cat([weights, torch.tensor([ego_weight])]).to(args.device)
     if args.class_weights == "none":
         weights = None
@@ -549,6 +553,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="strength of night/weather/sensor augmentation (0 turns it off)")
     parser.add_argument("--hood", type=float, default=0.3,
                         help="share of crops that get a synthetic ego-vehicle hood")
+    parser.add_argument("--dashboard", type=float, default=0.0,
+                        help="share of crops that get a synthetic dashboard (a camera behind "
+                             "the windscreen) at the bottom, labelled as the ego class")
     parser.add_argument("--real-hood", type=float, default=0.0,
                         help="share of crops that get a real hood (cut from the labelled "
                              "frames of drive 0001TP, restretched and recoloured) pasted in")
