@@ -219,8 +219,9 @@ def paint_dashboard(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probab
         mask = rows >= edge
         if not mask.any():
             continue
-        # Dark plastic: near black, slightly tinted, lit unevenly, with sensor grain.
-        luminance = 0.02 + 0.2 * torch.rand((), generator=generator).item() ** 2
+        # Dark plastic: near black (darker than asphalt in daylight, which a brighter band
+        # taught to call ego), slightly tinted, lit unevenly, with sensor grain.
+        luminance = 0.02 + 0.1 * torch.rand((), generator=generator).item() ** 2
         tint = 1 + 0.2 * (torch.rand(3, generator=generator) - 0.5)
         blotches = F.interpolate(torch.rand((1, 1, 4, 8), generator=generator), size=(h, w),
                                  mode="bicubic", align_corners=False)[0].to(device)
@@ -237,8 +238,11 @@ def paint_dashboard(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probab
             strength = _draw(0.1, 0.4, generator)
             glare = (0.3 + 0.7 * blotches) * strength * haze
             rgb[i] = (rgb[i] + glare).clamp(0, 1)
-        # A soft transition: the dashboard is close to the lens and out of focus.
-        soft = ((rows - edge) / _draw(0.5, 3.0, generator) + 0.5).clamp(0, 1)
+        # Its lip: a thin line, lit or in shade, along a crisp edge (the edge, not the band's
+        # flatness, is what tells a dashboard from the road below it).
+        lip = torch.exp(-((rows - edge) / 1.0) ** 2) * _draw(-0.15, 0.3, generator)
+        paint = (paint + lip).clamp(0, 1)
+        soft = ((rows - edge) / _draw(0.5, 1.5, generator) + 0.5).clamp(0, 1)
         rgb[i] = soft * paint + (1 - soft) * rgb[i]
         labels[i][mask] = ego_id
 
