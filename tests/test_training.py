@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -559,12 +560,17 @@ def test_a_distilled_student_agrees_with_its_teacher_more(tmp_path):
     common = ["--data", str(camvid), "--limit", "2", "--crop", "96", "128", "--scale", "0.3", "0.3",
               "--batch-size", "2", "--epochs", "60", "--lr", "3e-3", "--warmup-steps", "1",
               "--eval-every", "60", "--model-size", "small", "--threads", "2", "--no-progress",
-              "--amp", "none"]  # fp32: the same figures on every x86 CPU (bf16 differs by CPU)
+              "--amp", "none",  # fp32: the same figures on every x86 CPU (bf16 differs by CPU)
+              # Clean crops: with night, weather and hoods on two frames the outcome hung on the
+              # random stream (the taught student came out farther with 1 seed of 4).
+              "--robust", "0", "--hood", "0"]
     assert train.main(train.parse_args([*common, "--out", str(tmp_path / "alone")])) == 0
     assert train.main(train.parse_args([*common, "--out", str(tmp_path / "taught"),
                                         "--teacher", str(teacher_path),
                                         "--distill-weight", "5"])) == 0
-    frames = torch.from_numpy(CamVid(camvid, "train").load_images(limit=2))
+    # Scored at the scale the students trained at (0.3 of 480x360).
+    frames = torch.from_numpy(np.stack([cv2.resize(frame, (144, 108), interpolation=cv2.INTER_AREA)
+                                        for frame in CamVid(camvid, "train").load_images(limit=2)]))
     teacher, _ = load_checkpoint_model(teacher_path)
 
     def log_probabilities(net):
@@ -581,7 +587,7 @@ def test_a_distilled_student_agrees_with_its_teacher_more(tmp_path):
         return (target.exp() * (target - student)).sum(1).mean().item()
 
     alone, taught = divergence("alone"), divergence("taught")
-    assert taught < 0.9 * alone, (taught, alone)  # measured: 1.73 against 2.14
+    assert taught < 0.8 * alone, (taught, alone)  # measured, seeds 0-3: 0.52-0.66 of alone
     onnx_path = tmp_path / "taught.onnx"
     assert export_cli.main(export_cli.parse_args(
         ["--checkpoint", str(tmp_path / "taught" / "last.pt"), "--out", str(onnx_path),

@@ -203,6 +203,8 @@ def paint_dashboard(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probab
     so the network learns that a veiled road is still road and only the band itself is ego.
     Pixels under the band get `ego_id`.
     """
+    if probability <= 0:
+        return  # draws nothing, so runs without dashboards keep their random stream
     b, _, h, w = rgb.shape
     device = rgb.device
     xs = torch.linspace(-1, 1, w, device=device).view(1, w)
