@@ -14,6 +14,7 @@ cut from a labelled frame (`RealHoods`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import cv2
 import kornia.augmentation as K
@@ -141,6 +142,31 @@ class RobustAugment:
         return rgb
 
 
+def _bottom_band_grid(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column positions in -1..1 [1, W] and row numbers [H, 1] for drawing a band's edge."""
+    _, _, h, w = rgb.shape
+    xs = torch.linspace(-1, 1, w, device=rgb.device).view(1, w)
+    rows = torch.arange(h, device=rgb.device).view(h, 1).float()
+    return xs, rows
+
+
+def _chosen_frames(count: int, probability: float,
+                   generator: torch.Generator | None) -> Iterator[int]:
+    """Indices of the frames that get a band: one draw per frame, taken just before it is
+    painted, so a painter's own draws follow its frame's (the random stream stays as it was)."""
+    for i in range(count):
+        if torch.rand((), generator=generator).item() < probability:
+            yield i
+
+
+def _soft_paste(frame: torch.Tensor, paint: torch.Tensor, rows: torch.Tensor, edge: torch.Tensor,
+                blur: float) -> None:
+    """Blend `paint` into `frame` below `edge` over about `blur` rows, in place: a band close to
+    the lens is out of focus."""
+    soft = ((rows - edge) / blur + 0.5).clamp(0, 1)
+    frame.copy_(soft * paint + (1 - soft) * frame)
+
+
 def paint_hood(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probability: float,
                generator: torch.Generator | None = None) -> None:
     """Paint a synthetic ego-vehicle hood at the bottom of some frames, in place.
@@ -155,12 +181,9 @@ def paint_hood(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probability
     """
     b, _, h, w = rgb.shape
     device = rgb.device
-    xs = torch.linspace(-1, 1, w, device=device).view(1, w)
-    rows = torch.arange(h, device=device).view(h, 1).float()
+    xs, rows = _bottom_band_grid(rgb)
 
-    for i in range(b):
-        if torch.rand((), generator=generator).item() >= probability:
-            continue
+    for i in _chosen_frames(b, probability, generator):
         height = h * _draw(0.08, 0.30, generator)
         bulge = height * _draw(0.0, 0.6, generator)
         shift = _draw(-0.2, 0.2, generator)
@@ -187,8 +210,7 @@ def paint_hood(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probability
         # A highlight along the edge, then a soft (out-of-focus) transition into the scene.
         highlight = torch.exp(-((rows - edge) / 1.5) ** 2) * _draw(0.0, 0.5, generator)
         paint = paint + highlight
-        soft = ((rows - edge) / _draw(0.5, 3.0, generator) + 0.5).clamp(0, 1)
-        rgb[i] = soft * paint.clamp(0, 1) + (1 - soft) * rgb[i]
+        _soft_paste(rgb[i], paint.clamp(0, 1), rows, edge, _draw(0.5, 3.0, generator))
         labels[i][mask] = ego_id
 
 
@@ -207,12 +229,9 @@ def paint_dashboard(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probab
         return  # draws nothing, so runs without dashboards keep their random stream
     b, _, h, w = rgb.shape
     device = rgb.device
-    xs = torch.linspace(-1, 1, w, device=device).view(1, w)
-    rows = torch.arange(h, device=device).view(h, 1).float()
+    xs, rows = _bottom_band_grid(rgb)
 
-    for i in range(b):
-        if torch.rand((), generator=generator).item() >= probability:
-            continue
+    for i in _chosen_frames(b, probability, generator):
         # A nearly straight edge: a little tilt and a small sag or bulge.
         height = h * _draw(0.08, 0.32, generator)
         tilt = h * _draw(-0.04, 0.04, generator)
@@ -244,8 +263,7 @@ def paint_dashboard(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probab
         # flatness, is what tells a dashboard from the road below it).
         lip = torch.exp(-((rows - edge) / 1.0) ** 2) * _draw(-0.15, 0.3, generator)
         paint = (paint + lip).clamp(0, 1)
-        soft = ((rows - edge) / _draw(0.5, 1.5, generator) + 0.5).clamp(0, 1)
-        rgb[i] = soft * paint + (1 - soft) * rgb[i]
+        _soft_paste(rgb[i], paint, rows, edge, _draw(0.5, 1.5, generator))
         labels[i][mask] = ego_id
 
 
@@ -292,9 +310,7 @@ class RealHoods:
             return
         b, _, h, w = rgb.shape
 
-        for i in range(b):
-            if torch.rand((), generator=generator).item() >= self.probability:
-                continue
+        for i in _chosen_frames(b, self.probability, generator):
             # A random cut, stretched to the crop's width and a random share of its height.
             cut, mask = self.cuts[int(torch.randint(len(self.cuts), (), generator=generator))]
             band = max(2, round(h * _draw(*self.HEIGHT_RANGE, generator)))
