@@ -28,6 +28,7 @@ from engines.checkpoint import load_checkpoint_model
 from engines.contract_wrapper import preprocess_bgr
 from engines.frames import sample_frames
 from engines.labels import CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, TRAIN_IGNORE
+from engines.metrics import ConfusionMatrix
 from engines.roadsegnet import build_model, count_parameters
 from training.export import compare_with_torch, export_onnx, recalibrate_batchnorm
 
@@ -538,6 +539,32 @@ def test_frontier_scores_a_trained_checkpoint(tiny_run, tmp_path, capsys):
     assert 0 <= row["val_miou"] <= 100 and 0 <= row["val_road_iou"] <= 100
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     assert "| val mIoU |" in capsys.readouterr().out
+
+
+def test_lovasz_loss_of_hard_predictions_is_one_minus_the_iou():
+    # For a one-hot prediction the Lovász extension is exact: the loss is the mean over the
+    # classes present of 1 - IoU, as the confusion matrix counts it. Real labels, and a
+    # prediction that is the same labels shifted 8 pixels sideways (real mistakes at edges).
+    _, labels = load_splits(camvid_or_skip(), ["train"], limit=2)
+    void_to_train_labels(labels, CAMVID_VOID, EGO_CLASS.id, TRAIN_IGNORE)
+    target = labels.long()
+    classes = len(CAMVID_CLASSES) + 1  # and the ego class
+
+    def hard_logits(label_map: torch.Tensor) -> torch.Tensor:
+        one_hot = torch.nn.functional.one_hot(label_map.masked_fill(label_map == TRAIN_IGNORE, 0),
+                                              classes)
+        return 100.0 * one_hot.permute(0, 3, 1, 2).float()
+
+    prediction = target.roll(8, dims=2).masked_fill(target.roll(8, dims=2) == TRAIN_IGNORE, 0)
+    matrix = ConfusionMatrix(classes, ignore_index=TRAIN_IGNORE)
+    matrix.update(prediction.numpy(), target.numpy())
+    present = np.unique(target[target != TRAIN_IGNORE].numpy())
+    expected = float(np.mean(1 - matrix.iou()[present]))
+    assert 0.05 < expected < 0.9
+    assert train.lovasz_softmax(hard_logits(prediction), target).item() == pytest.approx(
+        expected, abs=1e-4)
+    # A perfect prediction costs nothing; void pixels never count.
+    assert train.lovasz_softmax(hard_logits(target), target).item() < 1e-4
 
 
 def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():
