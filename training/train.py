@@ -84,7 +84,9 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         errors, order = (foreground - probabilities[:, cls]).abs().sort(descending=True)
         sorted_foreground = foreground[order]
         total = sorted_foreground.sum()
-        jaccard = 1 - (total - sorted_foreground.cumsum(0)) / (total + (1 - sorted_foreground).cumsum(0))
+        intersection = total - sorted_foreground.cumsum(0)
+        union = total + (1 - sorted_foreground).cumsum(0)
+        jaccard = 1 - intersection / union
         jaccard = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
         losses.append(torch.dot(errors, jaccard))
     return torch.stack(losses).mean() if losses else logits.sum() * 0
@@ -646,6 +648,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             FlipScaleAverage.check_scales(tuple(args.teacher_tta))
         except ValueError as error:
             parser.error(f"--teacher-tta: {error}")
+    for flag, share in (("--hood", args.hood), ("--real-hood", args.real_hood),
+                        ("--dashboard", args.dashboard)):
+        if not 0 <= share <= 1:
+            parser.error(f"{flag} {share}: a share of the crops, from 0 to 1")
+    if args.lovasz < 0:
+        parser.error(f"--lovasz {args.lovasz}: a loss weight, 0 or more")
+    if not 0 <= args.label_smoothing < 1:
+        parser.error(f"--label-smoothing {args.label_smoothing}: from 0 up to (not including) 1")
     for flag, path in (("--resume", args.resume), ("--init", args.init), ("--teacher", args.teacher)):
         if path and not Path(path).is_file():
             parser.error(f"{flag} {path}: no such checkpoint file")
