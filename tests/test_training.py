@@ -555,7 +555,8 @@ def test_lovasz_loss_of_hard_predictions_is_one_minus_the_iou():
                                               classes)
         return 100.0 * one_hot.permute(0, 3, 1, 2).float()
 
-    prediction = target.roll(8, dims=2).masked_fill(target.roll(8, dims=2) == TRAIN_IGNORE, 0)
+    shifted = target.roll(8, dims=2)
+    prediction = shifted.masked_fill(shifted == TRAIN_IGNORE, 0)
     matrix = ConfusionMatrix(classes, ignore_index=TRAIN_IGNORE)
     matrix.update(prediction.numpy(), target.numpy())
     present = np.unique(target[target != TRAIN_IGNORE].numpy())

@@ -39,9 +39,9 @@ from engines.tool import run_tool
 
 # Training arguments an exported model records as its recipe.
 RECIPE_KEYS = ("lr", "batch_size", "crop", "scale", "seed", "final_crop", "final_epochs", "robust",
-               "hood", "dashboard", "amp", "holdout", "hood_labels", "real_hood", "aspect", "copy_paste", "ema",
-               "adapt", "adapt_frames", "adapt_weight", "adapt_threshold", "class_weights",
-               "lovasz", "label_smoothing")
+               "hood", "dashboard", "amp", "holdout", "hood_labels", "real_hood", "aspect",
+               "copy_paste", "ema", "adapt", "adapt_frames", "adapt_weight", "adapt_threshold",
+               "class_weights", "lovasz", "label_smoothing")
 DISTILL_KEYS = ("teacher", "teacher_tta", "distill_weight", "distill_temperature")
 
 
