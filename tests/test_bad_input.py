@@ -170,11 +170,12 @@ def test_parallel_workers_need_a_thread_safe_backend(tmp_path):
     ("training.train", ["--resume", "{tmp}/nope.pt", "--out", "{tmp}/o"], "no such checkpoint"),
     ("training.train", ["--dashboard", "30", "--out", "{tmp}/o"], "--dashboard 30.0: a share"),
     ("training.train", ["--label-smoothing", "1", "--out", "{tmp}/o"], "--label-smoothing 1.0"),
+    ("training.train", ["--jitter", "-1", "--out", "{tmp}/o"], "--jitter -1.0: a strength"),
     ("training.export", ["--checkpoint", "engines/models/roadseg.onnx", "--out", "{tmp}/x.onnx"],
      "not a checkpoint written by training.train"),
     ("calibration", ["--onnx", "engines/models/roadseg.onnx", "--precision", "fp16", "--out",
                      "{tmp}/missing/x.onnx"], "--out"),
-], ids=["bench-video", "train-data", "train-resume", "train-share", "train-smoothing",
+], ids=["bench-video", "train-data", "train-resume", "train-share", "train-smoothing", "train-jitter",
      "export-onnx-as-checkpoint", "calibration-out"])
 def test_tools_answer_bad_input_with_one_line(tmp_path, module, args, fragment):
     if module.startswith("training.train") or module == "training.export":

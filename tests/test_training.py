@@ -218,6 +218,23 @@ def test_aspect_range_squashes_the_width_and_keeps_labels_aligned():
     assert torch.equal(steps, row[1:32] != row[:31])
 
 
+def test_jitter_strength_scales_the_colour_change_and_keeps_the_random_stream():
+    # Real frames, the same seed at strengths 0, 1 and 2: the same crops and labels (the draws
+    # do not depend on the strength), colours unchanged at 0 and changed more at 2 than at 1.
+    camvid = camvid_or_skip()
+    images, labels = load_splits(camvid, ["train"], limit=8)
+    crops = {}
+    for strength in (0.0, 1.0, 2.0):
+        generator = torch.Generator().manual_seed(3)
+        crops[strength] = augment_batch(images, labels, (96, 128), (1.0, 1.0), generator,
+                                        jitter=strength)
+    plain_images, plain_labels = crops[0.0]
+    assert all(torch.equal(plain_labels, crop_labels) for _, crop_labels in crops.values())
+    change = {strength: (crop_images.float() - plain_images.float()).abs().mean().item()
+              for strength, (crop_images, _) in crops.items()}
+    assert change[0.0] == 0 and 2 < change[1.0] < change[2.0]
+
+
 def test_real_hood_becomes_the_ego_class_and_other_void_is_ignored():
     # Drive 0001TP sees its car's bonnet (void in CamVid); the other drives show no hood.
     camvid = camvid_or_skip()

@@ -92,9 +92,14 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, crop: tuple[int, i
                   scale_range: tuple[float, float] = (0.5, 2.0),
                   generator: torch.Generator | None = None,
                   fill_label: int = CAMVID_VOID,
-                  aspect_range: tuple[float, float] = (1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+                  aspect_range: tuple[float, float] = (1.0, 1.0),
+                  jitter: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Random scale, aspect ratio, crop (padded with `fill_label`), horizontal flip and
     photometric jitter.
+
+    `jitter` scales the photometric ranges (1: brightness, contrast and saturation x0.7-1.3,
+    hue +-0.03 of the circle; 0: none); the draws are the same whatever its value, so runs
+    with another strength keep their random stream.
 
     `aspect_range` scales the width against the height: the app stretches every frame to the
     model's 4:3 input, so a 16:9 camera's frames arrive squashed to 0.75 of their width, a
@@ -133,10 +138,11 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, crop: tuple[int, i
             image, label = image.flip(-1), label.flip(-1)
         # Photometric jitter on RGB order (saturation/hue formulas assume RGB).
         rgb = image.flip(0)
-        rgb = TF.adjust_brightness(rgb, uniform(0.7, 1.3))
-        rgb = TF.adjust_contrast(rgb, uniform(0.7, 1.3))
-        rgb = TF.adjust_saturation(rgb, uniform(0.7, 1.3))
-        rgb = TF.adjust_hue(rgb, uniform(-0.03, 0.03))
+        spread, hue = 0.3 * jitter, 0.03 * jitter
+        rgb = TF.adjust_brightness(rgb, max(0.0, uniform(1 - spread, 1 + spread)))
+        rgb = TF.adjust_contrast(rgb, max(0.0, uniform(1 - spread, 1 + spread)))
+        rgb = TF.adjust_saturation(rgb, max(0.0, uniform(1 - spread, 1 + spread)))
+        rgb = TF.adjust_hue(rgb, uniform(-hue, hue))
         ph, pw = label.shape
         out_images[i, :ph, :pw] = rgb.flip(0).permute(1, 2, 0)
         out_labels[i, :ph, :pw] = label.long()

@@ -216,7 +216,7 @@ def adaptation_batch(teacher: nn.Module, target_frames: torch.Tensor, source_ima
     # Same scale/crop/flip/jitter as the source; the crop's padding becomes ignore.
     blank = torch.zeros(frames.shape[:3], dtype=torch.uint8, device=frames.device)
     target_images, padding = augment_batch(frames, blank, crop, tuple(args.scale), generator,
-                                           TRAIN_IGNORE, tuple(args.aspect))
+                                           TRAIN_IGNORE, tuple(args.aspect), args.jitter)
     target_images = target_images.to(source_images.device)
     target_labels = pseudo_labels(teacher, target_images, args.adapt_threshold, memory_format, amp)
     target_labels[padding.to(target_labels.device) == TRAIN_IGNORE] = TRAIN_IGNORE
@@ -289,7 +289,7 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
         # Augment on the training device; images stay uint8 BGR like the deployed model's input.
         batch_images, batch_labels = augment_batch(images[index], labels[index], crop,
                                                    tuple(args.scale), generator, TRAIN_IGNORE,
-                                                   tuple(args.aspect))
+                                                   tuple(args.aspect), args.jitter)
         batch_images = batch_images.to(args.device, non_blocking=True)
         batch_labels = batch_labels.to(args.device, non_blocking=True)
         # Rare objects pasted before the weather, so rain and night fall on them too.
@@ -584,6 +584,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--final-epochs", type=int, default=0)
     parser.add_argument("--robust", type=float, default=0.5,
                         help="strength of night/weather/sensor augmentation (0 turns it off)")
+    parser.add_argument("--jitter", type=float, default=1.0,
+                        help="strength of the colour jitter on every crop (1: brightness, "
+                             "contrast, saturation x0.7-1.3 and hue +-0.03; 2 doubles the "
+                             "ranges; 0 turns it off)")
     parser.add_argument("--hood", type=float, default=0.3,
                         help="share of crops that get a synthetic ego-vehicle hood")
     parser.add_argument("--lovasz", type=float, default=0.0,
@@ -652,6 +656,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         ("--dashboard", args.dashboard)):
         if not 0 <= share <= 1:
             parser.error(f"{flag} {share}: a share of the crops, from 0 to 1")
+    if not 0 <= args.jitter <= 3:
+        parser.error(f"--jitter {args.jitter}: a strength from 0 (none) to 3 (brightness x0.1-1.9)")
     if args.lovasz < 0:
         parser.error(f"--lovasz {args.lovasz}: a loss weight, 0 or more")
     if not 0 <= args.label_smoothing < 1:
