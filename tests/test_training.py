@@ -29,7 +29,7 @@ from engines.contract_wrapper import preprocess_bgr
 from engines.frames import sample_frames
 from engines.labels import CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, TRAIN_IGNORE
 from engines.metrics import ConfusionMatrix
-from engines.roadsegnet import build_model, count_parameters
+from engines.roadsegnet import WindowedAverage, build_model, count_parameters
 from training.export import compare_with_torch, export_onnx, recalibrate_batchnorm
 
 CAMVID_NAMES = [c.name for c in CAMVID_CLASSES]
@@ -693,6 +693,47 @@ def test_a_teacher_with_another_class_table_is_refused_in_one_line(tmp_path, cap
                              "--teacher", str(teacher_path), "--no-progress"])
     assert train.main(args) == 2
     assert "predicts 11 classes and the student 12" in capsys.readouterr().out
+
+
+def test_windowed_context_is_the_mean_of_the_cells_around_each_position():
+    # Exact property: every output cell is the plain mean of the input cells its window covers
+    # on the map (fewer at the borders); an even window is centred half a cell up and left.
+    features = torch.randn(2, 3, 7, 9, dtype=torch.float64)
+    for rows, cols in ((3, 5), (4, 6), (1, 1), (7, 2)):
+        pooled = WindowedAverage((rows, cols)).double()(features)
+        assert pooled.shape == features.shape
+        for r in range(7):
+            for c in range(9):
+                top, left = max(0, r - rows // 2), max(0, c - cols // 2)
+                window = features[..., top:r - rows // 2 + rows, left:c - cols // 2 + cols]
+                assert torch.allclose(pooled[..., r, c], window.mean((-2, -1)))
+    with pytest.raises(ValueError, match="at least 1"):
+        WindowedAverage((0, 4))
+
+
+def test_context_window_covering_the_frame_equals_global_pooling_and_exports(tmp_path, capsys):
+    # The shipped weights on real frames: a window twice the frame covers all of it from every
+    # position, so the logits equal the trained global pooling's; a crop-sized window changes
+    # some labels, exports, and is recorded in the model.
+    camvid = camvid_or_skip()
+    net, _ = load_checkpoint_model(REPO / "training/checkpoints/roadseg-shipped.pt")
+    frames = preprocess_bgr(torch.from_numpy(sample_frames(camvid / "val", 2, (360, 480))))
+    with torch.no_grad():
+        trained = net(frames)
+        covering = net.pool_context_over((720, 960))(frames)
+        windowed = net.pool_context_over((192, 256))(frames)
+        restored = net.pool_context_over(None)(frames)
+    assert torch.allclose(covering, trained, atol=1e-4) and torch.equal(restored, trained)
+    assert 0.9 < (windowed.argmax(1) == trained.argmax(1)).float().mean() < 1.0
+    out = tmp_path / "windowed.onnx"
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(REPO / "training/checkpoints/roadseg-shipped.pt"), "--data", str(camvid),
+         "--context-window", "192", "256", "--out", str(out)])) == 0
+    assert "100.000% of pixels" in capsys.readouterr().out
+    model = engines.load(out, backend="onnxruntime")
+    assert model.info.details["provenance"]["context_window"] == [192, 256]
+    with pytest.raises(SystemExit):
+        export_cli.parse_args(["--checkpoint", "c.pt", "--out", "x.onnx", "--context-window", "8", "256"])
 
 
 def test_test_time_augmented_export_is_mirror_symmetric_and_says_so(tmp_path, capsys):

@@ -153,6 +153,12 @@ def main(args: argparse.Namespace) -> int:
                                         "mix": args.bn_mix}
         print(f"BatchNorm statistics: {args.bn_mix:g} x those of {len(footage)} frames of "
               f"{args.bn_frames} + {1 - args.bn_mix:g} x the trained ones")
+    # The context vector pooled over crop-sized windows, as a crop-trained network learnt it.
+    if args.context_window:
+        net.pool_context_over(tuple(args.context_window))
+        provenance["context_window"] = list(args.context_window)
+        print(f"context vector pooled over {args.context_window[0]}x{args.context_window[1]} "
+              "windows around each position instead of the whole frame")
     # A slower, more accurate model: mirror images and smaller scales averaged in the graph.
     if args.tta:
         net = FlipScaleAverage(net, tuple(args.tta)).eval()
@@ -188,7 +194,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="average the frame and its mirror image at these scales inside the "
                              "graph (e.g. 1 0.75: ~3x slower, more accurate on new roads); the "
                              "first scale must be 1")
+    parser.add_argument("--context-window", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="pool the context vector over windows of this many input pixels "
+                             "around each position (e.g. the training crop, 192 256) instead "
+                             "of over the whole frame")
     args = parser.parse_args(argv)
+    if args.context_window and min(args.context_window) < 16:
+        parser.error(f"--context-window {args.context_window[0]} {args.context_window[1]}: "
+                     "input pixels, at least 16 each (one cell of the 1/16 context map)")
     if not 0.0 < args.bn_mix <= 1.0 or args.bn_count < 1:
         parser.error("--bn-mix must be in (0, 1] and --bn-count at least 1")
     if args.tta:
