@@ -98,7 +98,6 @@ class WindowedAverage(nn.Module):
         rows, cols = cells
         if rows < 1 or cols < 1:
             raise ValueError(f"a context window of {rows}x{cols} cells; both must be at least 1")
-        self.cells = (rows, cols)
         self.down = nn.AvgPool2d((rows, 1), stride=1, padding=(rows // 2, 0), count_include_pad=False)
         self.across = nn.AvgPool2d((1, cols), stride=1, padding=(0, cols // 2), count_include_pad=False)
 

@@ -139,9 +139,9 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, crop: tuple[int, i
         # Photometric jitter on RGB order (saturation/hue formulas assume RGB).
         rgb = image.flip(0)
         spread, hue = 0.3 * jitter, 0.03 * jitter
-        rgb = TF.adjust_brightness(rgb, max(0.0, uniform(1 - spread, 1 + spread)))
-        rgb = TF.adjust_contrast(rgb, max(0.0, uniform(1 - spread, 1 + spread)))
-        rgb = TF.adjust_saturation(rgb, max(0.0, uniform(1 - spread, 1 + spread)))
+        rgb = TF.adjust_brightness(rgb, uniform(1 - spread, 1 + spread))
+        rgb = TF.adjust_contrast(rgb, uniform(1 - spread, 1 + spread))
+        rgb = TF.adjust_saturation(rgb, uniform(1 - spread, 1 + spread))
         rgb = TF.adjust_hue(rgb, uniform(-hue, hue))
         ph, pw = label.shape
         out_images[i, :ph, :pw] = rgb.flip(0).permute(1, 2, 0)
