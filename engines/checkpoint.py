@@ -47,6 +47,7 @@ def load_checkpoint_model(path: Path, weights: str = "model") -> tuple[RoadSegNe
 
     `weights`: "model", the weights as trained, or "ema", the moving average of them that
     training keeps with --ema (stored as an AveragedModel state: "module."-prefixed keys).
+    The context vector is pooled as in training (the window of --context-window, if any).
     Raises CheckpointError for anything else.
     """
     checkpoint = read_checkpoint(path)
@@ -64,6 +65,10 @@ def load_checkpoint_model(path: Path, weights: str = "model") -> tuple[RoadSegNe
     except RuntimeError as error:
         raise CheckpointError(f"{path}: its weights do not fit the network it names "
                               f"({str(error).splitlines()[0]})") from None
+    # A network trained with a windowed context (training.train --context-window) runs with it.
+    window = checkpoint["args"].get("context_window")
+    if window:
+        net.pool_context_over(tuple(window))
     return net.eval(), checkpoint
 
 

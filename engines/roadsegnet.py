@@ -106,6 +106,13 @@ class WindowedAverage(nn.Module):
         return self.across(self.down(x))[..., :x.shape[-2], :x.shape[-1]]
 
 
+def check_context_window(window: tuple[int, int]) -> None:
+    """Raise ValueError (one line) for a context window smaller than one 1/16 cell."""
+    if min(window) < CONTEXT_STRIDE:
+        raise ValueError(f"{window[0]}x{window[1]} input pixels; each must be at least "
+                         f"{CONTEXT_STRIDE} (one cell of the 1/16 context map)")
+
+
 class RoadSegNet(nn.Module):
     """Encoder-decoder network; forward returns logits at 1/4 resolution (plus aux in training)."""
 

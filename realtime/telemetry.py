@@ -102,7 +102,7 @@ class RateMeter:
 
 
 class RunRecorder:
-    """Per-frame stage times in compact arrays (4 bytes a value: an hour at 30 FPS is ~3 MB)."""
+    """Per-frame stage times in compact arrays (an hour at 30 FPS is ~7 MB)."""
 
     def __init__(self) -> None:
         self.values = {stage: array("f") for stage in (*STAGES, *CPU_STAGES)}
@@ -113,12 +113,17 @@ class RunRecorder:
         # The whole process's CPU time (every thread, the runtimes' and FFmpeg's included) at
         # the first and the last output: what a frame really costs once start-up is over.
         self.first_cpu = self.last_cpu = 0.0
+        # Every output's wall and process CPU clock, for the steady-state rate (8 bytes each).
+        self.output_times = array("d")
+        self.output_cpu = array("d")
 
     def add(self, timings: dict[str, float]) -> None:
         now, cpu = time.perf_counter(), time.process_time()
         if self.first_output is None:
             self.first_output, self.first_cpu = now, cpu
         self.last_output, self.last_cpu = now, cpu
+        self.output_times.append(now)
+        self.output_cpu.append(cpu)
         self.frames += 1
         for stage, values in self.values.items():
             values.append(timings.get(stage, 0.0))
@@ -137,7 +142,21 @@ class RunRecorder:
                              "mean": float(data.mean())}
         cpu_ms = (self.last_cpu - self.first_cpu) * 1000 / (self.frames - 1) if span > 0 else None
         return {"frames": self.frames, "dropped": dropped, "corrupt": corrupt, "reopened": reopened,
-                "seconds": wall, "fps": fps, "process_cpu_ms_per_frame": cpu_ms, "stages_ms": stages}
+                "seconds": wall, "fps": fps, "process_cpu_ms_per_frame": cpu_ms,
+                **self.steady_state(), "stages_ms": stages}
+
+    def steady_state(self, trim: float = 0.1) -> dict:
+        """Throughput and process CPU a frame with the first and last `trim` of the outputs
+        left out: the rate once the queues have filled and before they drain, which is what
+        a long recording or a live stream runs at (None with fewer than 20 outputs)."""
+        if self.frames < 20:
+            return {"steady_fps": None, "steady_process_cpu_ms_per_frame": None}
+        first, last = int(self.frames * trim), self.frames - 1 - int(self.frames * trim)
+        span = self.output_times[last] - self.output_times[first]
+        intervals = last - first
+        return {"steady_fps": intervals / span if span > 0 else None,
+                "steady_process_cpu_ms_per_frame":
+                    (self.output_cpu[last] - self.output_cpu[first]) * 1000 / intervals}
 
 
 def format_summary(summary: dict) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from realtime import bench, clip
+from realtime.telemetry import RunRecorder
 from helpers import camvid_or_skip
 
 
@@ -34,6 +35,8 @@ def test_bench_writes_json_table_and_chart(assets, tmp_path):
     assert set(row["pipeline_stage_cpu_ms"]) == {"decode_cpu", "resize_cpu", "render_cpu", "write_cpu"}
     assert row["cpu_ms_per_frame"] > row["engine_1thread_ms"] > 0 and 0 < row["pipeline_vs_bound"]
     assert row["pipeline_process_cpu_ms_per_frame"] > 0 and 0 < row["pipeline_cpu_utilisation"]
+    assert row["pipeline_steady_fps"] > 0 and 0 < row["pipeline_steady_cpu_utilisation"]
+    assert row["pipeline_steady_vs_bound"] == pytest.approx(row["pipeline_steady_fps"] / row["bound_fps"])
     assert out.with_suffix(".md").read_text().startswith("| model |")
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
@@ -78,3 +81,21 @@ def test_benchmark_clip_on_a_full_disk_is_an_error_and_leaves_nothing(full_disk,
     assert status == 1
     assert "writing failed" in capsys.readouterr().out
     assert list(full_disk.iterdir()) == []  # neither the clip nor its partial file
+
+
+def test_steady_state_leaves_out_filling_and_draining():
+    # 100 outputs: the first ten 50 ms apart (queues filling), the middle 10 ms apart with 15 ms
+    # of process CPU each, the last ten 1 ms apart (a drain that no longer decodes).
+    recorder = RunRecorder()
+    gaps = [0.05] * 10 + [0.01] * 80 + [0.001] * 10
+    now = cpu = 0.0
+    for gap in gaps:
+        now, cpu = now + gap, cpu + (0.015 if gap == 0.01 else gap)
+        recorder.output_times.append(now)
+        recorder.output_cpu.append(cpu)
+    recorder.frames = len(gaps)
+    steady = recorder.steady_state()
+    assert steady["steady_fps"] == pytest.approx(100.0)
+    assert steady["steady_process_cpu_ms_per_frame"] == pytest.approx(15.0)
+    recorder.frames = 19
+    assert recorder.steady_state()["steady_fps"] is None

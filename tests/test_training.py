@@ -736,6 +736,32 @@ def test_context_window_covering_the_frame_equals_global_pooling_and_exports(tmp
         export_cli.parse_args(["--checkpoint", "c.pt", "--out", "x.onnx", "--context-window", "8", "256"])
 
 
+def test_a_network_trained_with_a_context_window_keeps_it_everywhere(tmp_path, capsys):
+    # Trained with --context-window: the checkpoint reloads with the window, the export takes
+    # it without being told and records it, and resuming without it is refused in one line.
+    camvid = camvid_or_skip()
+    out = tmp_path / "run"
+    common = ["--data", str(camvid), "--limit", "2", "--crop", "96", "128", "--scale", "0.3", "0.3",
+              "--batch-size", "2", "--model-size", "small", "--threads", "2", "--out", str(out),
+              "--no-progress"]
+    assert train.main(train.parse_args([*common, "--epochs", "1", "--context-window", "48", "64"])) == 0
+    net, checkpoint = load_checkpoint_model(out / "last.pt")
+    assert checkpoint["args"]["context_window"] == [48, 64]
+    window = net.global_context[0]
+    assert isinstance(window, WindowedAverage)
+    assert window.down.kernel_size == (3, 1) and window.across.kernel_size == (1, 4)
+    onnx_path = tmp_path / "windowed.onnx"
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(out / "last.pt"), "--data", str(camvid), "--out", str(onnx_path)])) == 0
+    assert "(as trained)" in capsys.readouterr().out
+    provenance = engines.load(onnx_path, backend="onnxruntime").info.details["provenance"]
+    assert provenance["context_window"] == [48, 64] and provenance["recipe"]["context_window"] == [48, 64]
+    assert train.main(train.parse_args([*common, "--epochs", "2", "--resume", str(out / "last.pt")])) == 2
+    assert "was trained with --context-window 48 64" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train.parse_args([*common, "--context-window", "192", "8"])
+
+
 def test_test_time_augmented_export_is_mirror_symmetric_and_says_so(tmp_path, capsys):
     # The shipped weights exported with flip + 0.75-scale averaging in the graph: a frame and
     # its mirror image get mirrored labels, which the plain export of the same weights does not

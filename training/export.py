@@ -35,13 +35,14 @@ from engines.files import OutputError, check_writable, file_sha256
 from engines.frame_fit import fit_frames
 from engines.frames import FramesError, sample_frames
 from engines.labels import CAMVID_CLASSES, ClassInfo
+from engines.roadsegnet import check_context_window
 from engines.tool import run_tool
 
 # Training arguments an exported model records as its recipe.
 RECIPE_KEYS = ("lr", "batch_size", "crop", "scale", "seed", "final_crop", "final_epochs", "robust",
                "hood", "dashboard", "amp", "holdout", "hood_labels", "real_hood", "aspect",
                "copy_paste", "ema", "adapt", "adapt_frames", "adapt_weight", "adapt_threshold",
-               "class_weights", "lovasz", "label_smoothing", "jitter")
+               "class_weights", "lovasz", "label_smoothing", "jitter", "context_window")
 DISTILL_KEYS = ("teacher", "teacher_tta", "distill_weight", "distill_temperature")
 
 
@@ -153,12 +154,14 @@ def main(args: argparse.Namespace) -> int:
                                         "mix": args.bn_mix}
         print(f"BatchNorm statistics: {args.bn_mix:g} x those of {len(footage)} frames of "
               f"{args.bn_frames} + {1 - args.bn_mix:g} x the trained ones")
-    # The context vector pooled over crop-sized windows, as a crop-trained network learnt it.
-    if args.context_window:
-        net.pool_context_over(tuple(args.context_window))
-        provenance["context_window"] = list(args.context_window)
-        print(f"context vector pooled over {args.context_window[0]}x{args.context_window[1]} "
-              "windows around each position instead of the whole frame")
+    # The context vector pooled over crop-sized windows, as a crop-trained network learnt it;
+    # a network trained with a window (training.train --context-window) keeps its own.
+    window = args.context_window or checkpoint["args"].get("context_window")
+    if window:
+        net.pool_context_over(tuple(window))
+        provenance["context_window"] = list(window)
+        print(f"context vector pooled over {window[0]}x{window[1]} windows around each position "
+              f"instead of the whole frame{'' if args.context_window else ' (as trained)'}")
     # A slower, more accurate model: mirror images and smaller scales averaged in the graph.
     if args.tta:
         net = FlipScaleAverage(net, tuple(args.tta)).eval()
@@ -197,11 +200,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--context-window", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="pool the context vector over windows of this many input pixels "
                              "around each position (e.g. the training crop, 192 256) instead "
-                             "of over the whole frame")
+                             "of over the whole frame; default: the window the checkpoint was "
+                             "trained with, if any")
     args = parser.parse_args(argv)
-    if args.context_window and min(args.context_window) < 16:
-        parser.error(f"--context-window {args.context_window[0]} {args.context_window[1]}: "
-                     "input pixels, at least 16 each (one cell of the 1/16 context map)")
+    if args.context_window:
+        try:
+            check_context_window(tuple(args.context_window))
+        except ValueError as error:
+            parser.error(f"--context-window: {error}")
     if not 0.0 < args.bn_mix <= 1.0 or args.bn_count < 1:
         parser.error("--bn-mix must be in (0, 1] and --bn-count at least 1")
     if args.tta:

@@ -44,7 +44,7 @@ from engines.checkpoint import CheckpointError, load_checkpoint_model, read_chec
 from engines.frames import FramesError, listed_names, sample_frames
 from engines.contract import DEFAULT_INPUT_SIZE
 from engines.contract_wrapper import FlipScaleAverage, preprocess_bgr
-from engines.roadsegnet import RoadSegNet, build_model, count_parameters
+from engines.roadsegnet import RoadSegNet, build_model, check_context_window, count_parameters
 from engines.tool import run_tool
 
 AUX_WEIGHT = 0.4
@@ -440,6 +440,9 @@ def main(args: argparse.Namespace) -> int:
             return 2
 
     model = build_model(args.model_size, len(ROADSEG_CLASSES)).to(args.device)
+    # A windowed context holds no weights: a checkpoint loads either way, and the average
+    # below copies the window with the network.
+    model.pool_context_over(tuple(args.context_window) if args.context_window else None)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay, args.weight_decay_scope),
@@ -466,6 +469,12 @@ def main(args: argparse.Namespace) -> int:
                   f"{args.model_size} one; {fix}")
             return 2
     if args.resume:
+        trained_window = checkpoint["args"].get("context_window")
+        if trained_window != args.context_window:
+            print(f"error: {args.resume} was trained with --context-window "
+                  f"{' '.join(map(str, trained_window)) if trained_window else '(none)'}; resume "
+                  "with the options it was started with")
+            return 2
         try:
             optimizer.load_state_dict(checkpoint["optimizer"])
         except ValueError:
@@ -639,6 +648,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
                         help="bf16 autocast, or none; auto times one step of each and keeps "
                              "the faster (bf16 helps with AMX, hurts on some CPUs without)")
+    parser.add_argument("--context-window", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="pool the context vector over windows of this many input pixels "
+                             "around each position instead of over the whole crop or frame, "
+                             "so crops and whole frames see the same statistics; kept by the "
+                             "checkpoint, so the export and the torch backend use it too")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
@@ -658,6 +672,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"{flag} {share}: a share of the crops, from 0 to 1")
     if not 0 <= args.jitter <= 3:
         parser.error(f"--jitter {args.jitter}: a strength from 0 (none) to 3 (brightness x0.1-1.9)")
+    if args.context_window:
+        try:
+            check_context_window(tuple(args.context_window))
+        except ValueError as error:
+            parser.error(f"--context-window: {error}")
     if args.lovasz < 0:
         parser.error(f"--lovasz {args.lovasz}: a loss weight, 0 or more")
     if not 0 <= args.label_smoothing < 1:
