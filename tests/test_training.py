@@ -713,18 +713,17 @@ def test_windowed_context_is_the_mean_of_the_cells_around_each_position():
 
 def test_context_window_covering_the_frame_equals_global_pooling_and_exports(tmp_path, capsys):
     # The shipped weights on real frames: a window twice the frame covers all of it from every
-    # position, so the logits equal the trained global pooling's; a crop-sized window changes
+    # position, so the logits equal global pooling's; a crop-sized window changes
     # some labels, exports, and is recorded in the model.
     camvid = camvid_or_skip()
     net, _ = load_checkpoint_model(REPO / "training/checkpoints/roadseg-shipped.pt")
     frames = preprocess_bgr(torch.from_numpy(sample_frames(camvid / "val", 2, (360, 480))))
     with torch.no_grad():
-        trained = net(frames)
+        pooled = net.pool_context_over(None)(frames)
         covering = net.pool_context_over((720, 960))(frames)
         windowed = net.pool_context_over((192, 256))(frames)
-        restored = net.pool_context_over(None)(frames)
-    assert torch.allclose(covering, trained, atol=1e-4) and torch.equal(restored, trained)
-    assert 0.9 < (windowed.argmax(1) == trained.argmax(1)).float().mean() < 1.0
+    assert torch.allclose(covering, pooled, atol=1e-4)
+    assert 0.9 < (windowed.argmax(1) == pooled.argmax(1)).float().mean() < 1.0
     out = tmp_path / "windowed.onnx"
     assert export_cli.main(export_cli.parse_args(
         ["--checkpoint", str(REPO / "training/checkpoints/roadseg-shipped.pt"), "--data", str(camvid),
