@@ -153,11 +153,12 @@ def bench_pipeline_once(chosen: engines.Choice, args: argparse.Namespace, out: P
             "peak_rss_mb": summary.get("peak_rss_mb"),
             "pipeline_process_cpu_ms_per_frame": process_cpu_ms,
             "pipeline_cpu_utilisation": process_cpu_ms * summary["fps"] / 1000 / (os.cpu_count() or 1),
-            # The same without the first and last tenth of the outputs (filling and draining).
-            "pipeline_steady_fps": summary["steady_fps"],
+            # The same without the first and last tenth of the outputs (filling and draining);
+            # a run too short for that reports its whole span.
+            "pipeline_steady_fps": summary["steady_fps"] or summary["fps"],
             "pipeline_steady_cpu_utilisation":
-                summary["steady_process_cpu_ms_per_frame"] * summary["steady_fps"] / 1000
-                / (os.cpu_count() or 1)}
+                (summary["steady_process_cpu_ms_per_frame"] or process_cpu_ms)
+                * (summary["steady_fps"] or summary["fps"]) / 1000 / (os.cpu_count() or 1)}
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
