@@ -108,39 +108,40 @@ class RunRecorder:
         self.values = {stage: array("f") for stage in (*STAGES, *CPU_STAGES)}
         self.frames = 0
         self.started = time.perf_counter()
-        self.first_output: float | None = None
-        self.last_output: float | None = None
-        # The whole process's CPU time (every thread, the runtimes' and FFmpeg's included) at
-        # the first and the last output: what a frame really costs once start-up is over.
-        self.first_cpu = self.last_cpu = 0.0
-        # Every output's wall and process CPU clock, for the steady-state rate (8 bytes each).
+        # Every output's wall clock and the whole process's CPU time then (every thread, the
+        # runtimes' and FFmpeg's included): what a frame costs once start-up is over.
         self.output_times = array("d")
         self.output_cpu = array("d")
 
     def add(self, timings: dict[str, float]) -> None:
-        now, cpu = time.perf_counter(), time.process_time()
-        if self.first_output is None:
-            self.first_output, self.first_cpu = now, cpu
-        self.last_output, self.last_cpu = now, cpu
-        self.output_times.append(now)
-        self.output_cpu.append(cpu)
+        self.output_times.append(time.perf_counter())
+        self.output_cpu.append(time.process_time())
         self.frames += 1
         for stage, values in self.values.items():
             values.append(timings.get(stage, 0.0))
 
+    def rate_between(self, first: int, last: int) -> tuple[float | None, float | None]:
+        """Outputs per second and process CPU ms an output between outputs `first` and
+        `last` (indices); None for both without an interval of time between them."""
+        intervals = last - first
+        span = self.output_times[last] - self.output_times[first] if intervals > 0 else 0.0
+        if span <= 0:
+            return None, None
+        return intervals / span, (self.output_cpu[last] - self.output_cpu[first]) * 1000 / intervals
+
     def summary(self, dropped: int, corrupt: int, reopened: int = 0) -> dict:
         """JSON-ready summary: counts, throughput and p50/p95 per stage (ms)."""
-        wall = (self.last_output or self.started) - self.started
+        wall = (self.output_times[-1] if self.frames else self.started) - self.started
         # Throughput between the first and the last output excludes start-up; with one
         # frame there is no interval, so fall back to wall time.
-        span = (self.last_output - self.first_output) if self.frames > 1 else 0.0
-        fps = (self.frames - 1) / span if span > 0 else (self.frames / wall if wall > 0 else 0.0)
+        fps, cpu_ms = self.rate_between(0, self.frames - 1) if self.frames > 1 else (None, None)
+        if fps is None:
+            fps = self.frames / wall if wall > 0 else 0.0
         stages = {}
         for stage, values in self.values.items():
             data = np.frombuffer(values, dtype=np.float32) if len(values) else np.zeros(1, np.float32)
             stages[stage] = {"p50": float(np.percentile(data, 50)), "p95": float(np.percentile(data, 95)),
                              "mean": float(data.mean())}
-        cpu_ms = (self.last_cpu - self.first_cpu) * 1000 / (self.frames - 1) if span > 0 else None
         return {"frames": self.frames, "dropped": dropped, "corrupt": corrupt, "reopened": reopened,
                 "seconds": wall, "fps": fps, "process_cpu_ms_per_frame": cpu_ms,
                 **self.steady_state(), "stages_ms": stages}
@@ -149,14 +150,11 @@ class RunRecorder:
         """Throughput and process CPU a frame with the first and last `trim` of the outputs
         left out: the rate once the queues have filled and before they drain, which is what
         a long recording or a live stream runs at (None with fewer than 20 outputs)."""
-        if self.frames < 20:
-            return {"steady_fps": None, "steady_process_cpu_ms_per_frame": None}
-        first, last = int(self.frames * trim), self.frames - 1 - int(self.frames * trim)
-        span = self.output_times[last] - self.output_times[first]
-        intervals = last - first
-        return {"steady_fps": intervals / span if span > 0 else None,
-                "steady_process_cpu_ms_per_frame":
-                    (self.output_cpu[last] - self.output_cpu[first]) * 1000 / intervals}
+        steady_fps = steady_cpu_ms = None
+        if self.frames >= 20:
+            skipped = int(self.frames * trim)
+            steady_fps, steady_cpu_ms = self.rate_between(skipped, self.frames - 1 - skipped)
+        return {"steady_fps": steady_fps, "steady_process_cpu_ms_per_frame": steady_cpu_ms}
 
 
 def format_summary(summary: dict) -> str:

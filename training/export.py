@@ -155,10 +155,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"BatchNorm statistics: {args.bn_mix:g} x those of {len(footage)} frames of "
               f"{args.bn_frames} + {1 - args.bn_mix:g} x the trained ones")
     # The context vector pooled over crop-sized windows, as a crop-trained network learnt it;
-    # a network trained with a window (training.train --context-window) keeps its own.
+    # a network trained with a window (training.train --context-window) was loaded with its own.
+    if args.context_window:
+        net.pool_context_over(tuple(args.context_window))
     window = args.context_window or checkpoint["args"].get("context_window")
     if window:
-        net.pool_context_over(tuple(window))
         provenance["context_window"] = list(window)
         print(f"context vector pooled over {window[0]}x{window[1]} windows around each position "
               f"instead of the whole frame{'' if args.context_window else ' (as trained)'}")
