@@ -326,7 +326,9 @@ def entry() -> None:
     crash the interpreter's teardown, so with one alive the process leaves at once, after
     every output has been closed and the terminal flushed."""
     status = main()
-    if any(thread.daemon and thread.is_alive() for thread in threading.enumerate()):
+    # Listed, not is_alive(): a thread stays in the registry until its last Python step, while
+    # a join() that Ctrl-C interrupted can make is_alive() say False early (CPython #90882).
+    if any(thread.daemon for thread in threading.enumerate()):
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

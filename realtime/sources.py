@@ -270,6 +270,7 @@ class StreamSource(Source):
         """_open on a helper thread: FFmpeg's blocking connect does not see Ctrl-C, but the
         main thread waiting here does, and the daemon helper dies with the process."""
         result: list = []
+        done = threading.Event()
 
         def connect() -> None:
             block_signals()
@@ -277,11 +278,16 @@ class StreamSource(Source):
                 result.append(self._open())
             except Exception as error:  # noqa: BLE001 - re-raised on the caller's thread
                 result.append(error)
+            finally:
+                done.set()
 
         helper = threading.Thread(target=connect, name="stream-connect", daemon=True)
         helper.start()
-        while helper.is_alive():
-            helper.join(0.1)
+        # Waiting on an event, not join(): a Ctrl-C that interrupts Thread.join marks the
+        # helper dead while it still runs inside FFmpeg (CPython #90882), and the exit path
+        # then tears the interpreter down under it.
+        while not done.wait(0.1):
+            pass
         if isinstance(result[0], Exception):
             raise result[0]
         return result[0]
