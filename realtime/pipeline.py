@@ -186,8 +186,12 @@ class Pipeline:
         self.dropped = 0
         self._error: PipelineError | None = None
         self._error_lock = threading.Lock()
-        # Inference threads share these, always under the lock.
-        self._infer_lock = threading.Lock()
+        # Inference threads share these. One lock is held while a thread waits for a frame (the
+        # take and its sequence number are one step); the counters have their own, never held
+        # while waiting: Python's locks are not fair, and a thread that takes the lock back
+        # every poll could starve the other for seconds (seen: 60 s before the first frame).
+        self._take_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._warmed = 0
         self._running_workers = options.workers
         self._next_sequence = 0
@@ -269,7 +273,7 @@ class Pipeline:
         blank = np.zeros((1, height, width, 3), np.uint8)
         for _ in range(self.options.warmup):
             self.engine.infer(blank)
-        with self._infer_lock:
+        with self._count_lock:
             self._warmed += 1
             if self._warmed == self.options.workers:
                 self.ready.set()
@@ -277,7 +281,7 @@ class Pipeline:
         while not self.stop_event.is_set():
             # Take the next frame and its sequence number together, so that the render thread
             # can put frames from several inference threads back in capture order.
-            with self._infer_lock:
+            with self._take_lock:
                 packet = self.frames_in.get(POLL_S)
                 if isinstance(packet, Packet):
                     packet.sequence = self._next_sequence
@@ -301,7 +305,7 @@ class Pipeline:
 
     def _finish_worker(self) -> None:
         """Pass the end marker on: to the other inference threads, and downstream once all are done."""
-        with self._infer_lock:
+        with self._count_lock:
             self._running_workers -= 1
             last = self._running_workers == 0
         if last:
