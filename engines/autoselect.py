@@ -11,8 +11,10 @@ is opened, warmed up and timed single-threaded (a pipeline on a CPU runs its cal
 each, and the benchmark's machine bound counts single-thread milliseconds), in interleaved
 rounds so that machine noise hits all alike; the fastest wins. An INT8 sibling competes only
 when the accuracy cost recorded in its metadata for that runtime is within
-`INT8_BUDGET_POINTS`. The result is cached per model content, CPU and runtime versions under
-the cache root, so later runs start at once; delete the file to measure again.
+`INT8_BUDGET_POINTS`, and one that loses accuracy wins only when it is more than `TIE_SHARE`
+faster than the best way to run the file itself. The result is cached per model content, CPU
+and runtime versions under the cache root, so later runs start at once; delete the file to
+measure again.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from engines.files import cache_root, file_sha256, write_atomically
 ROUNDS = 5  # interleaved rounds; the median of each offer's calls is compared
 CALLS_PER_ROUND = 4
 WARMUP_CALLS = 3
+TIE_SHARE = 0.05  # a stand-in that loses accuracy must be faster than the file by more than this
 RUNTIME_PACKAGES = ("onnxruntime", "openvino", "torch", "tensorrt")
 log = logging.getLogger(__name__)
 
@@ -191,6 +194,21 @@ def measure(path: Path, offers: list[Offer], backends: dict[str, Backend],
     return rows
 
 
+def pick(timed: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+    """The fastest timed row, unless it is a stand-in that loses accuracy and the file itself
+    runs within TIE_SHARE of it: then the file's fastest way wins (a tie within the timing's
+    noise should not cost mIoU; on an AMX Xeon OpenVINO's bf16 and INT8 differ by 2-3 %)."""
+    fastest = min(timed, key=lambda row: row["ms"])
+    if fastest["path"] == str(path) or fastest.get("delta_miou_points", 0.0) >= 0:
+        return fastest
+    own = [row for row in timed if row["path"] == str(path)]
+    if own:
+        own_fastest = min(own, key=lambda row: row["ms"])
+        if own_fastest["ms"] <= fastest["ms"] * (1 + TIE_SHARE):
+            return own_fastest
+    return fastest
+
+
 def choose(path: Path, backends: dict[str, Backend], precision: str = "auto",
            labels: dict[str, Any] | None = None, stand_ins: bool = True) -> Choice | None:
     """The fastest offer for this file (measured once, then cached), or None when no backend
@@ -224,10 +242,12 @@ def choose(path: Path, backends: dict[str, Backend], precision: str = "auto",
         first = offers[0]
         return Choice(first.backend, first.path, first.precision,
                       "no runtime could be timed; the first offered")
-    best = min(timed, key=lambda row: row["ms"])
+    best = pick(timed, path)
     others = ", ".join(f"{r['backend']} {r['precision']} {r['ms']:.1f}" for r in timed if r is not best)
-    reason = (f"fastest on this CPU: {best['ms']:.1f} ms a single-thread call"
-              f"{f' vs {others}' if others else ''}; "
+    fastest = min(timed, key=lambda row: row["ms"])
+    headline = (f"fastest on this CPU: {best['ms']:.1f} ms" if best is fastest else
+                f"within {TIE_SHARE:.0%} of the fastest without its accuracy loss: {best['ms']:.1f} ms")
+    reason = (f"{headline} a single-thread call{f' vs {others}' if others else ''}; "
               f"{'measured now' if fresh else 'measured before'}, kept in {cached}")
     if best["path"] != str(path):
         delta = best["delta_miou_points"]  # against FP32 at calibration; can be a small gain
