@@ -42,21 +42,27 @@ def read_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> dic
     return checkpoint
 
 
+# The weight averages a training checkpoint can hold beside its weights, by key.
+AVERAGES = {"ema": "moving average", "swa": "epoch average"}
+
+
 def load_checkpoint_model(path: Path, weights: str = "model") -> tuple[RoadSegNet, dict[str, Any]]:
     """Rebuild the network a checkpoint was trained with and load its weights strictly.
 
-    `weights`: "model", the weights as trained, or "ema", the moving average of them that
-    training keeps with --ema (stored as an AveragedModel state: "module."-prefixed keys).
+    `weights`: "model", the weights as trained; "ema", the moving average of them that
+    training keeps with --ema; or "swa", their average over epochs (--swa-from). Both
+    averages are stored as AveragedModel states ("module."-prefixed keys).
     The context vector is pooled as in training (the window of --context-window, if any).
     Raises CheckpointError for anything else.
     """
     checkpoint = read_checkpoint(path)
     net = build_model(checkpoint["args"]["model_size"], checkpoint.get("num_classes", 11))
-    if weights == "ema":
-        if "ema" not in checkpoint:
-            raise CheckpointError(f"{path} has no weight average (a run with --ema keeps one); "
+    if weights in AVERAGES:
+        if weights not in checkpoint:
+            raise CheckpointError(f"{path} has no {AVERAGES[weights]} (a run with "
+                                  f"{'--ema' if weights == 'ema' else '--swa-from'} keeps one); "
                                   "use its trained weights")
-        state = {key.removeprefix("module."): value for key, value in checkpoint["ema"].items()
+        state = {key.removeprefix("module."): value for key, value in checkpoint[weights].items()
                  if key.startswith("module.")}
     else:
         state = checkpoint["model"]

@@ -781,3 +781,33 @@ def test_test_time_augmented_export_is_mirror_symmetric_and_says_so(tmp_path, ca
     assert tta.info.details["provenance"]["test_time_augmentation"] == {"flip": True, "scales": [1.0, 0.75]}
     with pytest.raises(SystemExit):  # the first scale sets the output size
         export_cli.parse_args(["--checkpoint", "c.pt", "--out", "x.onnx", "--tta", "0.75", "1"])
+
+
+def test_epoch_average_is_the_mean_of_the_epochs_it_covers(tmp_path, capsys):
+    camvid = camvid_or_skip()
+    common = ["--data", str(camvid), "--limit", "4", "--crop", "96", "128", "--batch-size", "2",
+              "--model-size", "small", "--threads", "2", "--out", str(tmp_path), "--no-progress",
+              "--eval-every", "1", "--swa-from", "2", "--epochs", "3"]
+    # Two epochs, then a resume for the third: the average must span the interruption.
+    assert train.main(train.parse_args(common[:-1] + ["2"])) == 0
+    second = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert int(second["swa"]["n_averaged"]) == 1
+    assert train.main(train.parse_args(common + ["--resume", str(tmp_path / "last.pt")])) == 0
+    third = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert int(third["swa"]["n_averaged"]) == 2
+    for name, weight in third["model"].items():
+        if weight.is_floating_point():
+            expected = (second["model"][name] + weight) / 2
+            assert torch.allclose(third["swa"][f"module.{name}"], expected, atol=1e-6), name
+    record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert 0 <= record["swa_val_miou"] <= 1
+    # It exports on its own and says which weights these are.
+    onnx_path = tmp_path / "swa.onnx"
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(tmp_path / "last.pt"), "--out", str(onnx_path), "--data", str(camvid),
+         "--weights", "swa"])) == 0
+    assert engines.load(onnx_path).info.details["provenance"]["weights"] == "epoch average"
+    # An epoch outside the schedule is refused in one line.
+    capsys.readouterr()
+    assert train.main(train.parse_args(common[:-3] + ["9", "--epochs", "3"])) == 2
+    assert capsys.readouterr().out.count("\n") == 1

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from engines.camvid import CamVid, DatasetError
-from engines.checkpoint import (CheckpointError, checkpoint_classes, checkpoint_input_size,
+from engines.checkpoint import (AVERAGES, CheckpointError, checkpoint_classes, checkpoint_input_size,
                                 load_checkpoint_model, total_epochs)
 from engines.contract import INPUT_NAME, OUTPUT_NAME, contract_metadata, write_metadata
 from engines.contract_wrapper import (MEAN_BGR, STD_BGR, ContractWrapper, FlipScaleAverage,
@@ -93,7 +93,7 @@ def checkpoint_provenance(checkpoint: dict[str, Any], path: Path,
         "recipe": {key: train_args[key] for key in recipe_keys if key in train_args},
         "metrics": checkpoint.get("metrics", {}),
         "checkpoint_sha256": file_sha256(path),
-        "weights": "moving average" if weights == "ema" else "as trained",
+        "weights": AVERAGES.get(weights, "as trained"),
     }
     if prior_epochs:
         provenance["warm_restart"] = {"from": train_args["init"], "prior_epochs": prior_epochs}
@@ -185,8 +185,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--height", type=int, default=None, help="default: the checkpoint's input size")
     parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--weights", choices=["model", "ema"], default="model",
-                        help="the weights as trained, or their moving average (a run with --ema)")
+    parser.add_argument("--weights", choices=["model", *AVERAGES], default="model",
+                        help="the weights as trained, their moving average (a run with --ema) or "
+                             "their average over epochs (a run with --swa-from)")
     parser.add_argument("--bn-frames", default=None, metavar="SOURCE",
                         help="video, image folder or quoted glob of your footage: re-estimate the "
                              "BatchNorm statistics on it (no labels, no training)")

@@ -354,7 +354,8 @@ def evaluate(model: RoadSegNet, images: torch.Tensor, labels: torch.Tensor, devi
 def save_checkpoint(path: Path, model: RoadSegNet, optimizer: torch.optim.Optimizer, epoch: int,
                     args: argparse.Namespace, best_miou: float, metrics: dict[str, Any],
                     generator: torch.Generator,
-                    ema: torch.optim.swa_utils.AveragedModel | None = None) -> None:
+                    ema: torch.optim.swa_utils.AveragedModel | None = None,
+                    swa: torch.optim.swa_utils.AveragedModel | None = None) -> None:
     """Write atomically so an interrupted save never leaves a truncated checkpoint."""
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
@@ -366,6 +367,8 @@ def save_checkpoint(path: Path, model: RoadSegNet, optimizer: torch.optim.Optimi
     }
     if ema is not None:
         state["ema"] = ema.state_dict()
+    if swa is not None:
+        state["swa"] = swa.state_dict()
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -381,6 +384,10 @@ def main(args: argparse.Namespace) -> int:
     # Data: the whole split in memory; on a GPU keep it there so augmentation runs there too.
     # A held-out drive leaves training and becomes the drive-disjoint validation.
     held_out = set(args.holdout)
+    if args.swa_from and not 1 <= args.swa_from <= args.epochs:
+        print(f"error: --swa-from {args.swa_from} is outside the schedule's epochs 1-{args.epochs}; "
+              "pick an epoch of it (e.g. the first whole-frame epoch)")
+        return 2
     if args.adapt is not None and args.ema <= 0:
         print("error: --adapt needs --ema DECAY: the weight average is the teacher that labels "
               "the unlabelled frames (e.g. --ema 0.99)")
@@ -451,6 +458,9 @@ def main(args: argparse.Namespace) -> int:
     ema = (torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
         if args.ema > 0 else None)
+    # Stochastic weight averaging: the plain mean of the weights (and BatchNorm statistics) at
+    # the end of every epoch from --swa-from on, a flatter point than any one epoch's.
+    swa = (torch.optim.swa_utils.AveragedModel(model, use_buffers=True) if args.swa_from else None)
     start_epoch, best_miou = 0, -1.0
     # --resume continues a run, --init starts a new schedule; both begin from a checkpoint's weights.
     start_from = args.resume or args.init
@@ -488,6 +498,11 @@ def main(args: argparse.Namespace) -> int:
                 print(f"error: {args.resume} has no weight average; resume without --ema")
                 return 2
             ema.load_state_dict(checkpoint["ema"], strict=True)
+        if swa is not None:
+            if "swa" not in checkpoint:
+                print(f"error: {args.resume} has no epoch average; resume without --swa-from")
+                return 2
+            swa.load_state_dict(checkpoint["swa"], strict=True)
         start_epoch, best_miou = checkpoint["epoch"] + 1, checkpoint["best_miou"]
         args.prior_epochs = checkpoint["args"].get("prior_epochs", 0)
         if start_epoch >= args.epochs:
@@ -518,6 +533,8 @@ def main(args: argparse.Namespace) -> int:
                                    target_frames)
             record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss, "crop": crop_for_epoch(args, epoch),
                                       "seconds": time.perf_counter() - started}
+            if swa is not None and epoch + 1 >= args.swa_from:
+                swa.update_parameters(model)
             # A diverged step must not overwrite the last good checkpoint.
             if not math.isfinite(loss):
                 print(json.dumps(record))
@@ -530,10 +547,12 @@ def main(args: argparse.Namespace) -> int:
                     epoch_metrics[name] = evaluate(model, images, labels, args.device)
                     record.update({f"{name}_miou": epoch_metrics[name]["mean_iou"],
                                    f"{name}_road_iou": epoch_metrics[name]["per_class_iou"]["Road"]})
-                    if ema is not None:
-                        averaged = evaluate(ema.module, images, labels, args.device)
-                        record.update({f"ema_{name}_miou": averaged["mean_iou"],
-                                       f"ema_{name}_road_iou": averaged["per_class_iou"]["Road"]})
+                    for prefix, average in (("ema", ema), ("swa", swa)):
+                        if average is None or not int(average.n_averaged):
+                            continue
+                        averaged = evaluate(average.module, images, labels, args.device)
+                        record.update({f"{prefix}_{name}_miou": averaged["mean_iou"],
+                                       f"{prefix}_{name}_road_iou": averaged["per_class_iou"]["Road"]})
                 metrics = epoch_metrics["val"] | {"holdout": epoch_metrics.get("holdout")}
             print(json.dumps(record), flush=True)
             with open(args.out / "log.jsonl", "a") as log:
@@ -543,9 +562,9 @@ def main(args: argparse.Namespace) -> int:
             if selection and selection["mean_iou"] > best_miou:
                 best_miou = selection["mean_iou"]
                 save_checkpoint(args.out / "best.pt", model, optimizer, epoch, args, best_miou,
-                                metrics, generator, ema)
+                                metrics, generator, ema, swa)
             save_checkpoint(args.out / "last.pt", model, optimizer, epoch, args, best_miou,
-                            metrics, generator, ema)
+                            metrics, generator, ema, swa)
     except KeyboardInterrupt:
         last = args.out / "last.pt"
         resume = (f"{last} holds the epochs before it; continue with --resume {last}"
@@ -633,6 +652,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                         help="keep an exponential moving average of the weights with this decay "
                              "per step (e.g. 0.999), evaluated and saved beside them")
+    parser.add_argument("--swa-from", type=int, default=0, metavar="EPOCH",
+                        help="average the weights at the end of every epoch from this one (1-based) "
+                             "on, evaluated and saved beside them (export with --weights swa)")
     parser.add_argument("--class-weights", choices=["enet", "none"], default="enet",
                         help="weigh the labelled cross-entropy by ENet's 1/ln(1.02 + class share), "
                              "or not at all")
