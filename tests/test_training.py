@@ -283,6 +283,14 @@ def test_copy_paste_adds_real_rare_objects_with_their_labels():
     assert torch.equal(untouched, crops) and torch.equal(untouched_labels, crop_labels)
 
 
+def exported_weights(checkpoint: Path, onnx_path: Path, camvid: Path, weights: str) -> str:
+    """Export a checkpoint's `weights` to ONNX and read back which weights its provenance names."""
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(checkpoint), "--out", str(onnx_path), "--data", str(camvid),
+         "--weights", weights])) == 0
+    return engines.load(onnx_path).info.details["provenance"]["weights"]
+
+
 def test_weight_average_is_evaluated_saved_and_resumed(tmp_path, capsys):
     camvid = camvid_or_skip()
     common = ["--data", str(camvid), "--limit", "4", "--crop", "96", "128", "--batch-size", "2",
@@ -310,10 +318,7 @@ def test_weight_average_is_evaluated_saved_and_resumed(tmp_path, capsys):
     assert "has no weight average" in capsys.readouterr().out
     # The average exports on its own and says so; a checkpoint without one is refused in a line.
     onnx_path = tmp_path / "average.onnx"
-    assert export_cli.main(export_cli.parse_args(
-        ["--checkpoint", str(tmp_path / "last.pt"), "--out", str(onnx_path), "--data", str(camvid),
-         "--weights", "ema"])) == 0
-    assert engines.load(onnx_path).info.details["provenance"]["weights"] == "moving average"
+    assert exported_weights(tmp_path / "last.pt", onnx_path, camvid, "ema") == "moving average"
     capsys.readouterr()
     assert export_cli.main(export_cli.parse_args(
         ["--checkpoint", str(plain / "last.pt"), "--out", str(onnx_path), "--weights", "ema"])) == 2
@@ -802,11 +807,7 @@ def test_epoch_average_is_the_mean_of_the_epochs_it_covers(tmp_path, capsys):
     record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert 0 <= record["swa_val_miou"] <= 1
     # It exports on its own and says which weights these are.
-    onnx_path = tmp_path / "swa.onnx"
-    assert export_cli.main(export_cli.parse_args(
-        ["--checkpoint", str(tmp_path / "last.pt"), "--out", str(onnx_path), "--data", str(camvid),
-         "--weights", "swa"])) == 0
-    assert engines.load(onnx_path).info.details["provenance"]["weights"] == "epoch average"
+    assert exported_weights(tmp_path / "last.pt", tmp_path / "swa.onnx", camvid, "swa") == "epoch average"
     # An epoch outside the schedule is refused in one line.
     capsys.readouterr()
     assert train.main(train.parse_args(common[:-3] + ["9", "--epochs", "3"])) == 2

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from engines.camvid import CamVid, DatasetError
-from engines.checkpoint import (AVERAGES, CheckpointError, checkpoint_classes, checkpoint_input_size,
-                                load_checkpoint_model, total_epochs)
+from engines.checkpoint import (AVERAGES, CheckpointError, checkpoint_classes,
+                                checkpoint_input_size, load_checkpoint_model, total_epochs)
 from engines.contract import INPUT_NAME, OUTPUT_NAME, contract_metadata, write_metadata
 from engines.contract_wrapper import (MEAN_BGR, STD_BGR, ContractWrapper, FlipScaleAverage,
                                       preprocess_bgr)
