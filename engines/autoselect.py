@@ -197,7 +197,7 @@ def measure(path: Path, offers: list[Offer], backends: dict[str, Backend],
 def pick(timed: list[dict[str, Any]], path: Path) -> dict[str, Any]:
     """The fastest timed row, unless it is a stand-in that loses accuracy and the file itself
     runs within TIE_SHARE of it: then the file's fastest way wins (a tie within the timing's
-    noise should not cost mIoU; on an AMX Xeon OpenVINO's bf16 and INT8 differ by 2-3 %)."""
+    noise should not cost mIoU; on an AMX Xeon OpenVINO's bf16 and INT8 timed 2-6 % apart)."""
     fastest = min(timed, key=lambda row: row["ms"])
     if fastest["path"] == str(path) or fastest.get("delta_miou_points", 0.0) >= 0:
         return fastest
