@@ -218,6 +218,31 @@ def test_aspect_range_squashes_the_width_and_keeps_labels_aligned():
     assert torch.equal(steps, row[1:32] != row[:31])
 
 
+def test_camera_roll_turns_image_and_labels_together_and_keeps_the_stream_when_off():
+    # Four quadrants, each a class with its own grey: after a roll of up to 15 degrees, every
+    # labelled pixel away from a boundary shows its class's grey, and the uncovered corners are void.
+    labels = torch.zeros(96, 128, dtype=torch.uint8)
+    labels[:48, 64:], labels[48:, :64], labels[48:, 64:] = 1, 2, 3
+    image = (labels[..., None] * 60 + 20).repeat(1, 1, 3)[None].to(torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    aug_image, aug_label = augment_batch(image, labels[None], (96, 128), (1.0, 1.0), generator,
+                                         jitter=0.0, roll_degrees=15.0)
+    label, grey = aug_label[0], aug_image[0, ..., 0].long()
+    # Interior: the 5x5 neighbourhood holds one label (its max equals its min).
+    around = label[None, None].float()
+    pool = torch.nn.functional.max_pool2d
+    interior = (label != CAMVID_VOID) & (pool(around, 5, 1, 2) == -pool(-around, 5, 1, 2))[0, 0]
+    assert interior.float().mean() > 0.5
+    # (a few pixels on the frame's edge blend with the black the rotation brings in)
+    assert ((grey[interior] - (label[interior] * 60 + 20)).abs() <= 2).float().mean() > 0.999
+    assert (label == CAMVID_VOID).any() and label[0, 0] == CAMVID_VOID
+    # Off, the draws are those of a run without the option.
+    crops = [augment_batch(image, labels[None], (64, 64), (0.5, 2.0),
+                           torch.Generator().manual_seed(3), **extra)[1]
+             for extra in ({}, {"roll_degrees": 0.0})]
+    assert torch.equal(*crops)
+
+
 def test_jitter_strength_scales_the_colour_change_and_keeps_the_random_stream():
     # Real frames, the same seed at strengths 0, 1 and 2: the same crops and labels (the draws
     # do not depend on the strength), colours unchanged at 0 and changed more at 2 than at 1.

@@ -93,9 +93,14 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, crop: tuple[int, i
                   generator: torch.Generator | None = None,
                   fill_label: int = CAMVID_VOID,
                   aspect_range: tuple[float, float] = (1.0, 1.0),
-                  jitter: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random scale, aspect ratio, crop (padded with `fill_label`), horizontal flip and
-    photometric jitter.
+                  jitter: float = 1.0,
+                  roll_degrees: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random scale, aspect ratio, camera roll, crop (padded with `fill_label`), horizontal
+    flip and photometric jitter.
+
+    `roll_degrees` rotates each frame by up to that many degrees either way about its centre
+    (a camera mounted askew, a car leaning in a bend); the corners it uncovers are
+    `fill_label`. Drawn only when asked for, like the aspect.
 
     `jitter` scales the photometric ranges (1: brightness, contrast and saturation x0.7-1.3,
     hue +-0.03 of the circle; 0: none); the draws are the same whatever its value, so runs
@@ -129,6 +134,11 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, crop: tuple[int, i
                           antialias=scale * min(1.0, aspect) < 1)
         label = TF.resize(labels[i][None], [new_h, new_w],
                           interpolation=TF.InterpolationMode.NEAREST_EXACT)[0]
+        if roll_degrees:
+            angle = uniform(-roll_degrees, roll_degrees)
+            image = TF.rotate(image, angle, interpolation=TF.InterpolationMode.BILINEAR)
+            label = TF.rotate(label[None], angle, interpolation=TF.InterpolationMode.NEAREST,
+                              fill=fill_label)[0]
         # Crop (pad with void where the scaled frame is smaller than the crop).
         top = int(uniform(0, max(0, new_h - crop_h)))
         left = int(uniform(0, max(0, new_w - crop_w)))

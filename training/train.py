@@ -289,7 +289,7 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
         # Augment on the training device; images stay uint8 BGR like the deployed model's input.
         batch_images, batch_labels = augment_batch(images[index], labels[index], crop,
                                                    tuple(args.scale), generator, TRAIN_IGNORE,
-                                                   tuple(args.aspect), args.jitter)
+                                                   tuple(args.aspect), args.jitter, args.roll)
         batch_images = batch_images.to(args.device, non_blocking=True)
         batch_labels = batch_labels.to(args.device, non_blocking=True)
         # Rare objects pasted before the weather, so rain and night fall on them too.
@@ -629,6 +629,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--real-hood", type=float, default=0.0,
                         help="share of crops that get a real hood (cut from the labelled "
                              "frames of drive 0001TP, restretched and recoloured) pasted in")
+    parser.add_argument("--roll", type=float, default=0.0, metavar="DEGREES",
+                        help="rotate each crop's frame by up to this many degrees either way "
+                             "(camera roll; 0: none)")
     parser.add_argument("--aspect", type=float, nargs=2, default=[1.0, 1.0], metavar=("MIN", "MAX"),
                         help="range of width/height stretch; 0.75 is a 16:9 camera squashed "
                              "into the 4:3 input")
