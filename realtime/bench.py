@@ -144,6 +144,10 @@ def bench_pipeline_once(chosen: engines.Choice, args: argparse.Namespace, out: P
     # The whole process's CPU between its first and last output (start-up excluded): what
     # the stage sum misses (decoder threads, Python between the stages, the queues) shows here.
     process_cpu_ms = summary["process_cpu_ms_per_frame"]
+    # The same without the first and last tenth of the outputs (filling and draining); a run
+    # too short for that reports its whole span.
+    steady_fps = summary["steady_fps"] or summary["fps"]
+    steady_cpu_ms = summary["steady_process_cpu_ms_per_frame"] or process_cpu_ms
     return {"pipeline_fps": summary["fps"], "pipeline_frames": summary["frames"],
             "pipeline_stages_ms": {k: v["p50"] for k, v in summary["stages_ms"].items()},
             "pipeline_stage_cpu_ms": {k: v["mean"] for k, v in summary["stages_ms"].items()
@@ -153,12 +157,8 @@ def bench_pipeline_once(chosen: engines.Choice, args: argparse.Namespace, out: P
             "peak_rss_mb": summary.get("peak_rss_mb"),
             "pipeline_process_cpu_ms_per_frame": process_cpu_ms,
             "pipeline_cpu_utilisation": process_cpu_ms * summary["fps"] / 1000 / (os.cpu_count() or 1),
-            # The same without the first and last tenth of the outputs (filling and draining);
-            # a run too short for that reports its whole span.
-            "pipeline_steady_fps": summary["steady_fps"] or summary["fps"],
-            "pipeline_steady_cpu_utilisation":
-                (summary["steady_process_cpu_ms_per_frame"] or process_cpu_ms)
-                * (summary["steady_fps"] or summary["fps"]) / 1000 / (os.cpu_count() or 1)}
+            "pipeline_steady_fps": steady_fps,
+            "pipeline_steady_cpu_utilisation": steady_cpu_ms * steady_fps / 1000 / (os.cpu_count() or 1)}
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:

@@ -533,13 +533,13 @@ def main(args: argparse.Namespace) -> int:
                                    target_frames)
             record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss, "crop": crop_for_epoch(args, epoch),
                                       "seconds": time.perf_counter() - started}
-            if swa is not None and epoch + 1 >= args.swa_from:
-                swa.update_parameters(model)
             # A diverged step must not overwrite the last good checkpoint.
             if not math.isfinite(loss):
                 print(json.dumps(record))
                 print("loss is not finite; stopping with last.pt as it was (lower --lr and --resume)")
                 return 1
+            if swa is not None and epoch + 1 >= args.swa_from:
+                swa.update_parameters(model)
             epoch_metrics: dict[str, Any] = {}
             last_epoch = epoch + 1 == args.epochs
             if (epoch + 1) % args.eval_every == 0 or last_epoch:
