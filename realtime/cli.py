@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                             + " (default: roadseg; the README's model card says which is which)")
     backends = engines.BACKENDS.values()
     model.add_argument("--backend", default="auto", choices=["auto", *engines.BACKENDS],
-                       help="auto: by file suffix (" + ", ".join(
+                       help="auto: for .onnx, the fastest runtime and precision installed "
+                            "(timed once on this machine, then cached; an INT8 sibling may "
+                            "stand in); otherwise by file suffix (" + ", ".join(
                            f"{'/'.join(b.suffixes)} {b.name}" for b in backends) + ")")
     precisions = sorted({p for b in backends for p in b.precisions})
     model.add_argument("--precision", default="auto", choices=["auto", *precisions],
@@ -83,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--threads", type=int, default=None,
                        help="CPU threads per inference call (default: cores / workers)")
     model.add_argument("--workers", type=int, default=None,
-                       help="parallel inference threads (default: 2 for ONNX Runtime with --pace "
+                       help="parallel inference threads (default: 2 for a CPU runtime with --pace "
                             "all on a multi-core CPU, else 1); frames stay in order")
 
     view = parser.add_argument_group("overlay")

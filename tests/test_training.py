@@ -22,7 +22,7 @@ from training import evaluate as evaluate_cli
 from training import export as export_cli
 from training import bench_runtimes, compare, frontier, train
 from engines.camvid import CamVid
-from training.augment import CopyPaste, class_mix
+from training.augment import CopyPaste, MixStyle, class_mix
 from training.data import augment_batch, load_splits, void_to_train_labels
 from engines.checkpoint import load_checkpoint_model
 from engines.contract_wrapper import preprocess_bgr
@@ -613,6 +613,86 @@ def test_lovasz_loss_of_hard_predictions_is_one_minus_the_iou():
         expected, abs=1e-4)
     # A perfect prediction costs nothing; void pixels never count.
     assert train.lovasz_softmax(hard_logits(target), target).item() < 1e-4
+
+
+def test_hard_pixel_loss_averages_the_pixels_below_the_threshold_and_never_too_few():
+    # Real labels; the prediction is right and sure on the left half, right but unsure (0.5 on
+    # the true class) on a middle band, and wrong on the right quarter.
+    _, labels = load_splits(camvid_or_skip(), ["train"], limit=2)
+    void_to_train_labels(labels, CAMVID_VOID, EGO_CLASS.id, TRAIN_IGNORE)
+    target = labels.long()
+    classes = len(CAMVID_CLASSES) + 1
+    width = target.shape[-1]
+    safe = target.masked_fill(target == TRAIN_IGNORE, 0)
+
+    def probabilities(label_map: torch.Tensor, on_label: float) -> torch.Tensor:
+        one_hot = torch.nn.functional.one_hot(label_map, classes).permute(0, 3, 1, 2).float()
+        return one_hot * on_label + (1 - one_hot) * (1 - on_label) / (classes - 1)
+
+    sure_right = probabilities(safe, 0.99)
+    unsure, wrong = slice(width // 2, 3 * width // 4), slice(3 * width // 4, None)
+    sure_right[..., unsure] = probabilities(safe[..., unsure], 0.5)
+    sure_right[..., wrong] = probabilities((safe[..., wrong] + 1) % classes, 0.99)
+    logits = sure_right.log()
+    per_pixel = torch.nn.functional.cross_entropy(logits, target, ignore_index=TRAIN_IGNORE,
+                                                  reduction="none")
+    labelled = target != TRAIN_IGNORE
+    confidence = torch.exp(-per_pixel)
+    # At 0.7 the hard pixels are the unsure band and the wrong quarter, and nothing else.
+    hard = labelled & (confidence < 0.7)
+    assert 0.3 < hard.sum() / labelled.sum() < 0.6
+    assert train.hard_pixel_cross_entropy(logits, target, None, 0.7).item() == pytest.approx(
+        per_pixel[hard].mean().item(), rel=1e-5)
+    # At 0.3 only the wrong quarter is hard, which is more than a sixteenth: it alone counts.
+    wrong = labelled & (confidence < 0.3)
+    assert train.hard_pixel_cross_entropy(logits, target, None, 0.3).item() == pytest.approx(
+        per_pixel[wrong].mean().item(), rel=1e-5)
+    # All sure and right: the hardest sixteenth of the pixels still carries the loss.
+    noise = torch.rand(logits.shape, generator=torch.Generator().manual_seed(0))
+    sure = probabilities(safe, 0.99).log() + 0.5 * noise
+    easy = torch.nn.functional.cross_entropy(sure, target, ignore_index=TRAIN_IGNORE,
+                                             reduction="none")[labelled]
+    hardest = easy.sort(descending=True).values[:int(len(easy) * train.OHEM_MIN_SHARE)]
+    assert train.hard_pixel_cross_entropy(sure, target, None, 0.7).item() == pytest.approx(
+        hardest.mean().item(), rel=1e-3)
+    assert hardest.mean() > easy.mean()
+
+
+def test_mixstyle_swaps_feature_statistics_between_frames_and_keeps_their_content():
+    # Four real frames through the real network's stem: with mixing on every step, each
+    # frame's stem output keeps its instance-normalised content but takes on another mix of
+    # per-channel means and spreads; in eval mode the hooks change nothing; reseeding for the
+    # same epoch draws the same mixes (a resumed run trains as the uninterrupted one).
+    images, _ = load_splits(camvid_or_skip(), ["train"], limit=4)
+    inputs = preprocess_bgr(images[:, ::2, ::2].contiguous())
+    torch.manual_seed(0)
+    net = build_model("base", len(CAMVID_CLASSES) + 1).train()
+    seen: list[torch.Tensor] = []
+    mixing = MixStyle(1.0, seed=3)
+    handles = mixing.attach([net.stem])
+    net.stem.register_forward_hook(lambda module, args, output: seen.append(output.detach()))
+
+    def normalised(features: torch.Tensor) -> torch.Tensor:
+        mean = features.mean((2, 3), keepdim=True)
+        return (features - mean) / (features.var((2, 3), keepdim=True) + MixStyle.EPS).sqrt()
+
+    with torch.no_grad():
+        mixing.start_epoch(0)
+        net(inputs)
+        mixing.start_epoch(0)
+        net(inputs)
+        net.eval()
+        hooked = net(inputs)
+        for handle in handles:
+            handle.remove()
+        assert torch.equal(net(inputs), hooked)
+        net.train()
+        net(inputs)
+    mixed, mixed_again, _, _, unmixed = seen
+    assert torch.equal(mixed, mixed_again)
+    assert torch.allclose(normalised(mixed), normalised(unmixed), atol=1e-3)
+    moved = (mixed.mean((2, 3)) - unmixed.mean((2, 3))).abs().amax(1)
+    assert (moved > 1e-3).sum() >= 2  # at least two frames took on another's style
 
 
 def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():

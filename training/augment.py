@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import cv2
 import kornia.augmentation as K
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -433,3 +434,45 @@ def class_mix(source_images: torch.Tensor, source_labels: torch.Tensor,
         mixed_images[i][mask] = source_images[i][mask]
         mixed_labels[i][mask] = source_labels[i][mask]
     return mixed_images, mixed_labels
+
+
+class MixStyle:
+    """Feature-statistics mixing (Zhou et al., "Domain Generalization with MixStyle", ICLR 2021)
+    on early layers, as forward hooks: in training, on a share of the steps, each crop's
+    per-channel feature mean and standard deviation (its "style": lighting, colour, camera) are
+    replaced by a random mix of its own and another crop's in the batch, so the later layers
+    learn content that holds under another drive's look. Identity in eval mode and in the
+    exported model (the hooks are not part of the network).
+
+    The draws come from a NumPy generator reseeded every epoch from (seed, epoch), so a resumed
+    run draws what the uninterrupted one would have.
+    """
+
+    ALPHA = 0.1  # Beta(0.1, 0.1): most mixes keep one crop's style nearly whole, as in the paper
+    EPS = 1e-6
+
+    def __init__(self, probability: float, seed: int):
+        self.probability, self.seed = probability, seed
+        self.rng = np.random.default_rng(seed)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Reseed for this epoch (resume-safe)."""
+        self.rng = np.random.default_rng((self.seed, epoch))
+
+    def attach(self, modules: list[torch.nn.Module]) -> list[torch.utils.hooks.RemovableHandle]:
+        """Mix the styles of each module's output; returns the hooks' handles."""
+        return [module.register_forward_hook(self._mix) for module in modules]
+
+    def _mix(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
+             features: torch.Tensor) -> torch.Tensor | None:
+        if not module.training or len(features) < 2 or self.rng.random() >= self.probability:
+            return None  # the output as it is
+        b = len(features)
+        values = features.float()
+        mean = values.mean((2, 3), keepdim=True).detach()
+        std = (values.var((2, 3), keepdim=True) + self.EPS).sqrt().detach()
+        share = torch.from_numpy(self.rng.beta(self.ALPHA, self.ALPHA, (b, 1, 1, 1))).to(values)
+        partner = torch.from_numpy(self.rng.permutation(b)).to(features.device)
+        mixed_mean = share * mean + (1 - share) * mean[partner]
+        mixed_std = share * std + (1 - share) * std[partner]
+        return ((values - mean) / std * mixed_std + mixed_mean).to(features.dtype)

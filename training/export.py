@@ -42,7 +42,8 @@ from engines.tool import run_tool
 RECIPE_KEYS = ("lr", "batch_size", "crop", "scale", "seed", "final_crop", "final_epochs", "robust",
                "hood", "dashboard", "amp", "holdout", "hood_labels", "real_hood", "aspect",
                "copy_paste", "ema", "adapt", "adapt_frames", "adapt_weight", "adapt_threshold",
-               "class_weights", "lovasz", "label_smoothing", "jitter", "context_window", "roll")
+               "class_weights", "lovasz", "label_smoothing", "jitter", "context_window", "roll",
+               "ohem", "mixstyle")
 DISTILL_KEYS = ("teacher", "teacher_tta", "distill_weight", "distill_temperature")
 
 

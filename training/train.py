@@ -34,7 +34,7 @@ from tqdm import tqdm
 from engines.labels import (CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, ROADSEG_CLASSES,
                             TRAIN_IGNORE, classes_to_json)
 from engines.metrics import ConfusionMatrix, format_table
-from training.augment import (CopyPaste, RealHoods, RobustAugment, class_mix,
+from training.augment import (CopyPaste, MixStyle, RealHoods, RobustAugment, class_mix,
                               expected_dashboard_share, expected_hood_share, paint_dashboard,
                               paint_hood)
 from training.data import (augment_batch, class_weights, iterate_batches, load_splits,
@@ -49,6 +49,7 @@ from engines.tool import run_tool
 
 AUX_WEIGHT = 0.4
 AUX_LABEL_STRIDE = 4
+OHEM_MIN_SHARE = 1 / 16  # BiSeNet keeps at least a sixteenth of the pixels
 COPY_PASTE_CLASSES = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
 
 
@@ -92,12 +93,37 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.stack(losses).mean() if losses else logits.sum() * 0
 
 
+def hard_pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                             weights: torch.Tensor | None, threshold: float,
+                             min_share: float = OHEM_MIN_SHARE) -> torch.Tensor:
+    """Online hard example mining (as in BiSeNet and mmsegmentation's OHEM sampler): the
+    cross-entropy averaged over the pixels whose probability of their true class is below
+    `threshold`, and never over fewer than `min_share` of the labelled pixels (the hardest
+    ones), so the loss keeps a gradient once most pixels are easy. logits [N, C, H, W], target
+    [N, H, W] of the same size; void ignored."""
+    per_pixel = F.cross_entropy(logits, target, weight=weights, ignore_index=TRAIN_IGNORE,
+                                reduction="none").flatten()
+    labelled = target.flatten() != TRAIN_IGNORE
+    if not labelled.any():
+        return logits.sum() * 0
+    with torch.no_grad():
+        true_class = target.clamp(max=logits.shape[1] - 1).unsqueeze(1)
+        confidence = logits.softmax(1).gather(1, true_class).flatten()[labelled]
+        at_least = max(1, int(min_share * labelled.sum().item()))
+        # The threshold, raised to the at_least-th lowest confidence when too few fall below.
+        cut = max(threshold, confidence.kthvalue(min(at_least, len(confidence))).values.item())
+    hard = per_pixel[labelled][confidence <= cut]
+    return hard.mean()
+
+
 def segmentation_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor,
                       weights: torch.Tensor | None, lovasz_weight: float = 0.0,
-                      label_smoothing: float = 0.0) -> torch.Tensor:
+                      label_smoothing: float = 0.0, ohem: float = 0.0) -> torch.Tensor:
     """Class-weighted (or, with `weights` None, plain) cross-entropy on the main head plus the
     auxiliary heads; void ignored. Optionally the main head's cross-entropy with label
-    smoothing, and a Lovász-softmax term (a surrogate of the mIoU itself) on the main head.
+    smoothing, or over its hard pixels only (`ohem`: the true-class probability below which a
+    pixel counts as hard), and a Lovász-softmax term (a surrogate of the mIoU itself) on the
+    main head.
 
     The main logits are upsampled to the label size so thin objects are supervised at full
     detail. The auxiliary heads only steer the deep features, so they are scored against the
@@ -105,8 +131,11 @@ def segmentation_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor,
     the Lovász term is scored there too (it sorts every pixel's error once per class).
     """
     main = F.interpolate(outputs[0], size=target.shape[-2:], mode="bilinear", align_corners=False)
-    total = F.cross_entropy(main, target, weight=weights, ignore_index=TRAIN_IGNORE,
-                            label_smoothing=label_smoothing)
+    if ohem > 0:
+        total = hard_pixel_cross_entropy(main, target, weights, ohem)
+    else:
+        total = F.cross_entropy(main, target, weight=weights, ignore_index=TRAIN_IGNORE,
+                                label_smoothing=label_smoothing)
     coarse_target = target[:, ::AUX_LABEL_STRIDE, ::AUX_LABEL_STRIDE]
     if lovasz_weight > 0:
         coarse_main = F.interpolate(outputs[0], size=coarse_target.shape[-2:], mode="bilinear",
@@ -312,7 +341,7 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
             outputs = model(inputs)
         loss = segmentation_loss(tuple(o[:labelled].float() for o in outputs),
                                  batch_labels[:labelled], weights, args.lovasz,
-                                 args.label_smoothing)
+                                 args.label_smoothing, args.ohem)
         # Pseudo-labels go unweighted (as in DACS): the class weights would multiply the
         # teacher's road-as-pavement mistakes (measured: the weighted form drifted there).
         if target_frames is not None:
@@ -523,11 +552,19 @@ def main(args: argparse.Namespace) -> int:
           f"{f' without drive(s) {sorted(held_out)}' if held_out else ''}; device {args.device}; "
           f"{args.amp} autocast, {'channels-last' if args.channels_last else 'NCHW'}")
 
+    # Style mixing hooks on the first two stages (after the amp probe and the averages'
+    # copies, which stay plain).
+    mixstyle = MixStyle(args.mixstyle, args.seed) if args.mixstyle > 0 else None
+    if mixstyle is not None:
+        mixstyle.attach([model.stem, model.stage4])
+
     metrics: dict[str, Any] = {}
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, args.epochs):
             started = time.perf_counter()
+            if mixstyle is not None:
+                mixstyle.start_epoch(epoch)
             loss = train_one_epoch(model, optimizer, train_images, train_labels, weights, args,
                                    epoch, generator, augment, real_hoods, teacher, copy_paste, ema,
                                    target_frames)
@@ -623,6 +660,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "class) beside the cross-entropy; 0 leaves it out")
     parser.add_argument("--label-smoothing", type=float, default=0.0,
                         help="label smoothing of the main head's cross-entropy")
+    parser.add_argument("--ohem", type=float, default=0.0, metavar="THRESHOLD",
+                        help="train the main head on its hard pixels only: those whose true "
+                             "class has a probability below THRESHOLD (0.7 is usual), and at "
+                             "least the hardest sixteenth of them; 0 turns it off")
+    parser.add_argument("--mixstyle", type=float, default=0.0, metavar="SHARE",
+                        help="share of training steps on which the first two stages' feature "
+                             "statistics are mixed between the crops of the batch (MixStyle; "
+                             "0.5 is usual); 0 turns it off")
     parser.add_argument("--dashboard", type=float, default=0.0,
                         help="share of crops that get a synthetic dashboard (a camera behind "
                              "the windscreen) at the bottom, labelled as the ego class")
@@ -692,9 +737,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except ValueError as error:
             parser.error(f"--teacher-tta: {error}")
     for flag, share in (("--hood", args.hood), ("--real-hood", args.real_hood),
-                        ("--dashboard", args.dashboard)):
+                        ("--dashboard", args.dashboard), ("--mixstyle", args.mixstyle)):
         if not 0 <= share <= 1:
-            parser.error(f"{flag} {share}: a share of the crops, from 0 to 1")
+            parser.error(f"{flag} {share}: a share, from 0 to 1")
     if not 0 <= args.jitter <= 3:
         parser.error(f"--jitter {args.jitter}: a strength from 0 (none) to 3 (brightness x0.1-1.9)")
     if args.context_window:
@@ -702,6 +747,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             check_context_window(tuple(args.context_window))
         except ValueError as error:
             parser.error(f"--context-window: {error}")
+    if not 0 <= args.ohem < 1:
+        parser.error(f"--ohem {args.ohem}: a probability threshold below 1 (0.7 is usual; 0 off)")
+    if args.ohem and args.label_smoothing:
+        parser.error("--ohem and --label-smoothing both change the main head's cross-entropy; "
+                     "pass one")
     if args.lovasz < 0:
         parser.error(f"--lovasz {args.lovasz}: a loss weight, 0 or more")
     if not 0 <= args.label_smoothing < 1:
