@@ -662,8 +662,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="label smoothing of the main head's cross-entropy")
     parser.add_argument("--ohem", type=float, default=0.0, metavar="THRESHOLD",
                         help="train the main head on its hard pixels only: those whose true "
-                             "class has a probability below THRESHOLD (0.7 is usual), and at "
-                             "least the hardest sixteenth of them; 0 turns it off")
+                             "class has a probability below THRESHOLD (0.7 is usual), never "
+                             "fewer than the hardest sixteenth of the labelled pixels; 0 turns "
+                             "it off")
     parser.add_argument("--mixstyle", type=float, default=0.0, metavar="SHARE",
                         help="share of training steps on which the first two stages' feature "
                              "statistics are mixed between the crops of the batch (MixStyle; "
