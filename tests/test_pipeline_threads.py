@@ -14,7 +14,7 @@ import pytest
 
 import engines
 from helpers import count_video_frames, write_camvid_video, write_video
-from realtime.pipeline import Pipeline, PipelineError, PipelineOptions
+from realtime.pipeline import SWITCH_INTERVAL_S, Pipeline, PipelineError, PipelineOptions
 from realtime.sinks import MetricsSink, VideoSink
 from realtime.sources import VideoSource
 
@@ -65,6 +65,18 @@ class FailingMetrics(MetricsSink):
         super().write_record(record)
 
 
+class IntervalNotingSink(VideoSink):
+    """A real video file that notes the interpreter's switch interval as each frame is written."""
+
+    def __init__(self, path, fps):
+        super().__init__(path, fps)
+        self.intervals: list[float] = []
+
+    def write_frame(self, frame, source_name=None):
+        self.intervals.append(sys.getswitchinterval())
+        super().write_frame(frame, source_name)
+
+
 OPTIONS = dict(pace="all", shown_ids=[3, 8], warmup=2)
 
 
@@ -76,13 +88,29 @@ def test_failure_in_any_stage_stops_the_run_with_a_playable_file(assets, tmp_pat
     metrics = FailingMetrics(tmp_path / "m.jsonl", 25) if stage == "output" else None
     sinks = [VideoSink(out, 30.0), *([metrics] if metrics else [])]
     pipeline = Pipeline(source, engine, PipelineOptions(**OPTIONS), sinks=sinks)
+    interval = sys.getswitchinterval()
     started = time.monotonic()
     with pytest.raises(PipelineError) as caught:
         pipeline.run()
     assert time.monotonic() - started < 10  # the looping source would otherwise run forever
     assert caught.value.stage == stage
+    assert sys.getswitchinterval() == interval  # the process-wide setting is given back
     frames, size = count_video_frames(out)
     assert 10 <= frames <= 40 and size == (320, 240)
+
+
+def test_threads_hand_the_gil_over_often_during_a_run_and_the_setting_is_restored(assets, tmp_path):
+    sys.setswitchinterval(0.004)  # a caller's own setting, which the run must give back
+    sink = IntervalNotingSink(tmp_path / "out.mp4", 30.0)
+    try:
+        Pipeline(VideoSource(assets["video"]), engines.load(assets["tiny"]),
+                 PipelineOptions(**OPTIONS, max_frames=12), sinks=[sink]).run()
+        assert sys.getswitchinterval() == pytest.approx(0.004)
+    finally:
+        sys.setswitchinterval(0.005)
+    assert len(sink.intervals) == 12
+    assert sink.intervals == pytest.approx([SWITCH_INTERVAL_S] * 12)
+    assert SWITCH_INTERVAL_S < 0.004
 
 
 def _rss_mb() -> float:

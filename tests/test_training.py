@@ -695,6 +695,23 @@ def test_mixstyle_swaps_feature_statistics_between_frames_and_keeps_their_conten
     assert (moved > 1e-3).sum() >= 2  # at least two frames took on another's style
 
 
+def test_mixstyle_layers_train_and_are_recorded_in_the_exported_recipe(tmp_path):
+    # The hooks go on the stages named (here the 1/8 stage too); the run finishes and the
+    # checkpoint's recipe, which the export copies into the ONNX, names them.
+    out = tmp_path / "run"
+    args = train.parse_args(["--data", str(camvid_or_skip()), "--limit", "2", "--crop", "96", "128",
+                             "--scale", "0.3", "0.3", "--batch-size", "2", "--epochs", "1",
+                             "--model-size", "small", "--threads", "1", "--amp", "none",
+                             "--eval-every", "1000", "--no-progress", "--out", str(out),
+                             "--mixstyle", "1", "--mixstyle-layers", "stem", "stage8"])
+    assert train.main(args) == 0
+    checkpoint = torch.load(out / "last.pt", weights_only=True)
+    recipe = export_cli.checkpoint_provenance(checkpoint, out / "last.pt")["recipe"]
+    assert recipe["mixstyle"] == 1.0 and recipe["mixstyle_layers"] == ["stem", "stage8"]
+    with pytest.raises(SystemExit):
+        train.parse_args(["--mixstyle-layers", "classifier"])  # not a stage that carries style
+
+
 def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():
     generator = torch.Generator().manual_seed(0)
     teacher = torch.randn(2, 12, 6, 8, generator=generator)

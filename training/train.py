@@ -51,6 +51,7 @@ AUX_WEIGHT = 0.4
 AUX_LABEL_STRIDE = 4
 OHEM_MIN_SHARE = 1 / 16  # BiSeNet keeps at least a sixteenth of the pixels
 COPY_PASTE_CLASSES = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
+MIXSTYLE_LAYERS = ("stem", "stage4", "stage8")  # style lives in the early, high-resolution stages
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -552,11 +553,11 @@ def main(args: argparse.Namespace) -> int:
           f"{f' without drive(s) {sorted(held_out)}' if held_out else ''}; device {args.device}; "
           f"{args.amp} autocast, {'channels-last' if args.channels_last else 'NCHW'}")
 
-    # Style mixing hooks on the first two stages (after the amp probe and the averages'
+    # Style mixing hooks on the chosen early stages (after the amp probe and the averages'
     # copies, which stay plain).
     mixstyle = MixStyle(args.mixstyle, args.seed) if args.mixstyle > 0 else None
     if mixstyle is not None:
-        mixstyle.attach([model.stem, model.stage4])
+        mixstyle.attach([getattr(model, name) for name in args.mixstyle_layers])
 
     metrics: dict[str, Any] = {}
     epoch = start_epoch
@@ -666,9 +667,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "fewer than the hardest sixteenth of the labelled pixels; 0 turns "
                              "it off")
     parser.add_argument("--mixstyle", type=float, default=0.0, metavar="SHARE",
-                        help="share of training steps on which the first two stages' feature "
+                        help="share of training steps on which the early stages' feature "
                              "statistics are mixed between the crops of the batch (MixStyle; "
                              "0.5 is usual); 0 turns it off")
+    parser.add_argument("--mixstyle-layers", nargs="+", default=["stem", "stage4"],
+                        choices=MIXSTYLE_LAYERS, metavar="STAGE",
+                        help="the stages whose output --mixstyle mixes, from the input on: "
+                             f"{', '.join(MIXSTYLE_LAYERS)} (default: stem stage4)")
     parser.add_argument("--dashboard", type=float, default=0.0,
                         help="share of crops that get a synthetic dashboard (a camera behind "
                              "the windscreen) at the bottom, labelled as the ego class")
