@@ -16,7 +16,7 @@ from helpers import REPO, camvid_or_skip, run_app
 from engines.labels import CAMVID_VOID, EGO_CLASS, TRAIN_IGNORE
 from engines.metrics import ConfusionMatrix
 from training import reference
-from training.augment import RealHoods, RobustAugment, paint_dashboard, paint_hood
+from training.augment import RealHoods, RobustAugment, paint_dashboard, paint_hood, recolour_road
 from engines.camvid import CamVid
 from training.corruptions import CORRUPTIONS, corrupt_frames
 from training.data import load_splits, void_to_train_labels
@@ -79,6 +79,28 @@ def test_dashboard_is_a_dark_ego_band_and_its_windscreen_haze_keeps_the_road():
     above = ~ego & ((rgb - before_rgb).abs().amax(1) > 0.02)
     assert above.any()  # some frames got the windscreen reflection
     assert (rgb[:, :, :int(height * 0.4)] == before_rgb[:, :, :int(height * 0.4)]).all()
+
+
+def test_recoloured_road_keeps_its_labels_and_only_the_road_and_its_edge_change():
+    images, labels = load_splits(camvid_or_skip(), ["train"], limit=8, sequences={"0016E5"})
+    rgb = images.permute(0, 3, 1, 2).flip(1).float() / 255
+    before_rgb, before_labels = rgb.clone(), labels.clone()
+    road = labels == 3
+    generator = torch.Generator().manual_seed(0)
+    recolour_road(rgb, labels, 3, probability=0.0, generator=generator)
+    assert torch.equal(rgb, before_rgb) and torch.equal(generator.get_state(),
+                                                        torch.Generator().manual_seed(0).get_state())
+    recolour_road(rgb, labels, 3, probability=1.0, generator=generator)
+    assert torch.equal(labels, before_labels)
+    changed = (rgb - before_rgb).abs().amax(1) > 1e-6
+    # Every frame's road took another surface: paler on most, darker on the rest.
+    lighter = [(rgb[i][:, road[i]].mean() > before_rgb[i][:, road[i]].mean()).item()
+               for i in range(len(rgb))]
+    assert changed[road].float().mean() > 0.95
+    assert len(lighter) // 2 <= sum(lighter) < len(lighter), lighter
+    # Off the road nothing moves, but for the softened seam within 2 pixels of it.
+    near_road = torch.nn.functional.max_pool2d(road[:, None].float(), 5, 1, 2)[:, 0].bool()
+    assert not changed[~near_road].any()
 
 
 def test_real_hoods_are_cut_from_0001TP_and_pasted_as_ego_at_the_bottom():

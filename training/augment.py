@@ -268,6 +268,39 @@ def paint_dashboard(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probab
         labels[i][mask] = ego_id
 
 
+def recolour_road(rgb: torch.Tensor, labels: torch.Tensor, road_id: int, probability: float,
+                  generator: torch.Generator | None = None) -> None:
+    """Give the road of some RGB [B, 3, H, W] 0..1 crops another surface, in place; labels
+    unchanged.
+
+    Every CamVid road is dark asphalt and every pavement lighter paving, so brightness alone
+    tells them apart there; elsewhere roads are pale concrete (a motorway under a bridge in the
+    BDD samples: a third of its lanes called pavement) or fresh black asphalt. On most chosen
+    crops the road's pixels are made paler and greyer under the scene's own light; on the rest
+    they are darkened. The mask's edge is
+    softened over a few pixels, so the seam is no sharper than a real kerb.
+    """
+    if probability <= 0:
+        return  # draws nothing, so runs without it keep their random stream
+    for i in _chosen_frames(len(rgb), probability, generator):
+        road = (labels[i] == road_id).float()[None, None]
+        if road.sum() == 0:
+            continue
+        mask = F.avg_pool2d(road, 5, 1, 2)[0]  # [1, H, W]
+        frame = rgb[i]
+        if torch.rand((), generator=generator).item() < 0.7:
+            # Concrete: paler under the same light (a gain, so a dusk scene stays dim), less
+            # colourful, with a slight warm or cool cast.
+            gain = _draw(1.3, 2.0, generator)
+            cast = 1 + 0.08 * (torch.rand(3, generator=generator) - 0.5)
+            grey = frame.mean(0, keepdim=True)
+            surface = (grey + 0.4 * (frame - grey)) * gain * cast.to(frame.device).view(3, 1, 1)
+        else:
+            # Fresh or wet asphalt: darker, a little more contrast.
+            surface = frame * _draw(0.45, 0.8, generator)
+        frame.copy_(mask * surface.clamp(0, 1) + (1 - mask) * frame)
+
+
 class RealHoods:
     """Real ego-vehicle hoods, cut from the training frames where the ego class is labelled
     (CamVid drive 0001TP), to paste at the bottom of other crops.
