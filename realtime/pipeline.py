@@ -48,8 +48,9 @@ END = object()  # end-of-stream marker passed down the channels
 # A thread coming back from OpenCV, FFmpeg or the runtime (which work without the GIL) waits
 # until the thread holding the GIL is asked to let it go, which Python does every switch
 # interval: 5 ms by default, most of a frame's budget at 100+ FPS. Measured with 0.5 ms
-# (session 26, 960x540, 2 cores, OpenVINO bf16): cores busy 0.971-0.981 instead of
-# 0.958-0.974, steady FPS up 1-3 % in each of four alternated rounds (README, CPU runtimes).
+# (session 26, 960x540, 2 cores, OpenVINO bf16, alternated runs): cores busy 0.971-0.979
+# instead of 0.958-0.974, steady FPS up 1-3.5 %, the share of the machine bound up in every
+# clean benchmark round (README, "The pipeline against the machine bound").
 SWITCH_INTERVAL_S = 0.0005
 
 
