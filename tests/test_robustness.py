@@ -16,7 +16,8 @@ from helpers import REPO, camvid_or_skip, run_app
 from engines.labels import CAMVID_VOID, EGO_CLASS, TRAIN_IGNORE
 from engines.metrics import ConfusionMatrix
 from training import reference
-from training.augment import RealHoods, RobustAugment, paint_dashboard, paint_hood, recolour_road
+from training.augment import (RealHoods, RobustAugment, paint_dashboard, paint_hood,
+                              recolour_classes, recolour_road)
 from engines.camvid import CamVid
 from training.corruptions import CORRUPTIONS, corrupt_frames
 from training.data import load_splits, void_to_train_labels
@@ -101,6 +102,36 @@ def test_recoloured_road_keeps_its_labels_and_only_the_road_and_its_edge_change(
     # Off the road nothing moves, but for the softened seam within 2 pixels of it.
     near_road = torch.nn.functional.max_pool2d(road[:, None].float(), 5, 1, 2)[:, 0].bool()
     assert not changed[~near_road].any()
+
+
+def test_recoloured_classes_each_take_one_gain_and_keep_their_labels():
+    images, labels = load_splits(camvid_or_skip(), ["train"], limit=4, sequences={"0016E5"})
+    rgb = images.permute(0, 3, 1, 2).flip(1).float() / 255
+    before_rgb, before_labels = rgb.clone(), labels.clone()
+    generator = torch.Generator().manual_seed(0)
+    recolour_classes(rgb, labels, list(range(11)), probability=0.0, generator=generator)
+    assert torch.equal(rgb, before_rgb) and torch.equal(generator.get_state(),
+                                                        torch.Generator().manual_seed(0).get_state())
+    recolour_classes(rgb, labels, list(range(11)), probability=1.0, generator=generator)
+    assert torch.equal(labels, before_labels)
+    # Inside a region (2 pixels from its edge and the frame's) every unclipped pixel has the
+    # same gain per channel; some regions were relit, others kept as they were.
+    relit = kept = 0
+    for i in range(len(rgb)):
+        for class_id in [c for c in labels[i].unique().tolist() if c < 11]:  # void is not relit
+            region = (labels[i] == class_id).float()[None, None]
+            core = (-torch.nn.functional.max_pool2d(-region, 5, 1, 2))[0, 0] > 0.5  # eroded
+            core[:2], core[-2:], core[:, :2], core[:, -2:] = False, False, False, False  # fades out
+            pixels = core & (before_rgb[i].amin(0) > 0.05) & (rgb[i].amax(0) < 0.99)
+            if pixels.sum() < 50:
+                continue
+            ratio = rgb[i][:, pixels] / before_rgb[i][:, pixels]
+            assert (ratio - ratio.median(1, keepdim=True).values).abs().amax() < 0.05
+            if (ratio.median(1).values - 1).abs().amax() > 0.02:
+                relit += 1
+            else:
+                kept += 1
+    assert relit >= 2 and kept >= 2
 
 
 def test_real_hoods_are_cut_from_0001TP_and_pasted_as_ego_at_the_bottom():

@@ -301,6 +301,34 @@ def recolour_road(rgb: torch.Tensor, labels: torch.Tensor, road_id: int, probabi
         frame.copy_(mask * surface.clamp(0, 1) + (1 - mask) * frame)
 
 
+def recolour_classes(rgb: torch.Tensor, labels: torch.Tensor, class_ids: list[int],
+                     probability: float, generator: torch.Generator | None = None) -> None:
+    """Light each class's region of some RGB [B, 3, H, W] 0..1 crops differently, in place;
+    labels unchanged.
+
+    In three drives the colours of buildings, pavements and trees come with the drive's light
+    and the town's materials; on another drive both differ. On a chosen crop each class present
+    is, at even odds, given its own brightness (x0.6-1.6) and a slight colour cast, so the
+    network has to know a building by its shape and place rather than its shade. Edges are
+    softened over a few pixels, as in `recolour_road`.
+    """
+    if probability <= 0:
+        return  # draws nothing, so runs without it keep their random stream
+    for i in _chosen_frames(len(rgb), probability, generator):
+        frame = rgb[i]
+        factor = torch.ones_like(frame[:1]).expand(3, -1, -1).clone()  # per-pixel gain [3, H, W]
+        for class_id in class_ids:
+            if torch.rand((), generator=generator).item() >= 0.5:
+                continue
+            region = (labels[i] == class_id).float()[None, None]
+            if region.sum() == 0:
+                continue
+            mask = F.avg_pool2d(region, 5, 1, 2)[0]  # [1, H, W]
+            gain = _draw(0.6, 1.6, generator) * (1 + 0.2 * (torch.rand(3, generator=generator) - 0.5))
+            factor += mask * (gain.to(frame.device).view(3, 1, 1) - 1)
+        frame.copy_((frame * factor).clamp(0, 1))
+
+
 class RealHoods:
     """Real ego-vehicle hoods, cut from the training frames where the ego class is labelled
     (CamVid drive 0001TP), to paste at the bottom of other crops.

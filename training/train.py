@@ -36,7 +36,7 @@ from engines.labels import (CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, ROADSEG_CLAS
 from engines.metrics import ConfusionMatrix, format_table
 from training.augment import (CopyPaste, MixStyle, RealHoods, RobustAugment, class_mix,
                               expected_dashboard_share, expected_hood_share, paint_dashboard,
-                              paint_hood, recolour_road)
+                              paint_hood, recolour_classes, recolour_road)
 from training.data import (augment_batch, class_weights, iterate_batches, load_splits,
                            void_to_train_labels)
 from engines.camvid import DatasetError
@@ -209,12 +209,15 @@ def robust_batch(images: torch.Tensor, labels: torch.Tensor, augment: RobustAugm
                  hood_probability: float, generator: torch.Generator,
                  real_hoods: RealHoods | None = None,
                  dashboard_probability: float = 0.0,
-                 road_colour_probability: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 road_colour_probability: float = 0.0,
+                 class_colour_probability: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Another road surface, real hoods and dashboards, then night, weather and sensor effects
     (which darken, blur and grain them with the scene), then the synthetic hood, on uint8 BGR
     NHWC crops."""
     rgb = images.permute(0, 3, 1, 2).flip(1).float() / 255
     recolour_road(rgb, labels, ROAD_ID, road_colour_probability, generator)
+    recolour_classes(rgb, labels, [c.id for c in CAMVID_CLASSES], class_colour_probability,
+                     generator)
     if real_hoods is not None:
         real_hoods.paste(rgb, labels, generator)
     paint_dashboard(rgb, labels, EGO_CLASS.id, dashboard_probability, generator)
@@ -340,7 +343,7 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
             batch_labels = torch.cat([batch_labels, mixed_labels])
         batch_images, batch_labels = robust_batch(batch_images, batch_labels, augment, args.hood,
                                                   generator, real_hoods, args.dashboard,
-                                                  args.road_colour)
+                                                  args.road_colour, args.class_colour)
         # Forward in bf16 where asked (the loss in fp32), backward, step.
         inputs = preprocess_bgr(batch_images).contiguous(memory_format=memory_format)
         with amp:
@@ -682,6 +685,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--road-colour", type=float, default=0.0, metavar="SHARE",
                         help="share of crops whose road is given another surface (pale "
                              "concrete mostly, else dark asphalt), labels unchanged")
+    parser.add_argument("--class-colour", type=float, default=0.0, metavar="SHARE",
+                        help="share of crops whose classes are each, at even odds, given their "
+                             "own brightness and colour cast, labels unchanged")
     parser.add_argument("--dashboard", type=float, default=0.0,
                         help="share of crops that get a synthetic dashboard (a camera behind "
                              "the windscreen) at the bottom, labelled as the ego class")
@@ -752,7 +758,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--teacher-tta: {error}")
     for flag, share in (("--hood", args.hood), ("--real-hood", args.real_hood),
                         ("--dashboard", args.dashboard), ("--mixstyle", args.mixstyle),
-                        ("--road-colour", args.road_colour)):
+                        ("--road-colour", args.road_colour), ("--class-colour", args.class_colour)):
         if not 0 <= share <= 1:
             parser.error(f"{flag} {share}: a share, from 0 to 1")
     if not 0 <= args.jitter <= 3:
