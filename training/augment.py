@@ -268,6 +268,15 @@ def paint_dashboard(rgb: torch.Tensor, labels: torch.Tensor, ego_id: int, probab
         labels[i][mask] = ego_id
 
 
+def _soft_region(labels: torch.Tensor, class_id: int) -> torch.Tensor | None:
+    """A class's region of one label map [H, W] as a 0..1 mask [1, H, W] whose edge is softened
+    over a few pixels (no sharper than a real kerb), or None where the class is absent."""
+    region = (labels == class_id).float()[None, None]
+    if region.sum() == 0:
+        return None
+    return F.avg_pool2d(region, 5, 1, 2)[0]
+
+
 def recolour_road(rgb: torch.Tensor, labels: torch.Tensor, road_id: int, probability: float,
                   generator: torch.Generator | None = None) -> None:
     """Give the road of some RGB [B, 3, H, W] 0..1 crops another surface, in place; labels
@@ -277,16 +286,14 @@ def recolour_road(rgb: torch.Tensor, labels: torch.Tensor, road_id: int, probabi
     tells them apart there; elsewhere roads are pale concrete (a motorway under a bridge in the
     BDD samples: a third of its lanes called pavement) or fresh black asphalt. On most chosen
     crops the road's pixels are made paler and greyer under the scene's own light; on the rest
-    they are darkened. The mask's edge is
-    softened over a few pixels, so the seam is no sharper than a real kerb.
+    they are darkened. The seam is softened over a few pixels.
     """
     if probability <= 0:
         return  # draws nothing, so runs without it keep their random stream
     for i in _chosen_frames(len(rgb), probability, generator):
-        road = (labels[i] == road_id).float()[None, None]
-        if road.sum() == 0:
+        mask = _soft_region(labels[i], road_id)
+        if mask is None:
             continue
-        mask = F.avg_pool2d(road, 5, 1, 2)[0]  # [1, H, W]
         frame = rgb[i]
         if torch.rand((), generator=generator).item() < 0.7:
             # Concrete: paler under the same light (a gain, so a dusk scene stays dim), less
@@ -310,20 +317,19 @@ def recolour_classes(rgb: torch.Tensor, labels: torch.Tensor, class_ids: list[in
     and the town's materials; on another drive both differ. On a chosen crop each class present
     is, at even odds, given its own brightness (x0.6-1.6) and a slight colour cast, so the
     network has to know a building by its shape and place rather than its shade. Edges are
-    softened over a few pixels, as in `recolour_road`.
+    softened as in `recolour_road`.
     """
     if probability <= 0:
         return  # draws nothing, so runs without it keep their random stream
     for i in _chosen_frames(len(rgb), probability, generator):
         frame = rgb[i]
-        factor = torch.ones_like(frame[:1]).expand(3, -1, -1).clone()  # per-pixel gain [3, H, W]
+        factor = torch.ones_like(frame)  # per-pixel gain [3, H, W]
         for class_id in class_ids:
             if torch.rand((), generator=generator).item() >= 0.5:
                 continue
-            region = (labels[i] == class_id).float()[None, None]
-            if region.sum() == 0:
+            mask = _soft_region(labels[i], class_id)
+            if mask is None:
                 continue
-            mask = F.avg_pool2d(region, 5, 1, 2)[0]  # [1, H, W]
             gain = _draw(0.6, 1.6, generator) * (1 + 0.2 * (torch.rand(3, generator=generator) - 0.5))
             factor += mask * (gain.to(frame.device).view(3, 1, 1) - 1)
         frame.copy_((frame * factor).clamp(0, 1))

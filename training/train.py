@@ -51,8 +51,9 @@ AUX_WEIGHT = 0.4
 AUX_LABEL_STRIDE = 4
 OHEM_MIN_SHARE = 1 / 16  # BiSeNet keeps at least a sixteenth of the pixels
 COPY_PASTE_CLASSES = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
-MIXSTYLE_LAYERS = ("stem", "stage4", "stage8")
-ROAD_ID = next(c.id for c in CAMVID_CLASSES if c.name == "Road")  # style lives in the early, high-resolution stages
+MIXSTYLE_LAYERS = ("stem", "stage4", "stage8")  # style lives in the early, high-resolution stages
+ROAD_ID = next(c.id for c in CAMVID_CLASSES if c.name == "Road")
+CAMVID_IDS = [c.id for c in CAMVID_CLASSES]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -216,8 +217,7 @@ def robust_batch(images: torch.Tensor, labels: torch.Tensor, augment: RobustAugm
     NHWC crops."""
     rgb = images.permute(0, 3, 1, 2).flip(1).float() / 255
     recolour_road(rgb, labels, ROAD_ID, road_colour_probability, generator)
-    recolour_classes(rgb, labels, [c.id for c in CAMVID_CLASSES], class_colour_probability,
-                     generator)
+    recolour_classes(rgb, labels, CAMVID_IDS, class_colour_probability, generator)
     if real_hoods is not None:
         real_hoods.paste(rgb, labels, generator)
     paint_dashboard(rgb, labels, EGO_CLASS.id, dashboard_probability, generator)
