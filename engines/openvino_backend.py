@@ -124,8 +124,11 @@ class OpenVinoEngine(ClosingEngine):
         """uint8 BGR [N, H, W, 3] → class ids [N, h, w]."""
         request = self.requests.get()
         try:
-            results = request.infer({0: self.io.prepare(images)})
-            outputs = [np.array(results[port]) for port in self.outputs]  # copies: buffers are reused
+            # Shared, not copied, both ways (0.15 → 0.09 caller CPU ms a call, session 27): the
+            # input is not touched until the call returns, and the outputs are copied here before
+            # the request, whose buffers they are, goes back to the pool.
+            results = request.infer({0: self.io.prepare(images)}, share_inputs=True, share_outputs=True)
+            outputs = [np.array(results[port]) for port in self.outputs]
         finally:
             self.requests.put(request)
         return self.io.finish(outputs)

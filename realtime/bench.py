@@ -158,6 +158,8 @@ def bench_pipeline_once(chosen: engines.Choice, args: argparse.Namespace, out: P
             "pipeline_process_cpu_ms_per_frame": process_cpu_ms,
             "pipeline_cpu_utilisation": process_cpu_ms * summary["fps"] / 1000 / (os.cpu_count() or 1),
             "pipeline_steady_fps": steady_fps,
+            # Where the process's CPU went, thread by thread (Linux; {} elsewhere or when short).
+            "pipeline_threads_cpu_ms": summary.get("threads_cpu_ms_per_frame", {}),
             "pipeline_steady_cpu_utilisation": steady_cpu_ms * steady_fps / 1000 / (os.cpu_count() or 1)}
 
 
@@ -283,6 +285,9 @@ def benchmark(args: argparse.Namespace) -> int:
                   f"{row['pipeline_cpu_utilisation']:.0%}, pipeline/measured bound "
                   f"{row['pipeline_vs_measured_bound']:.2f}",
                   flush=True)
+            if row["pipeline_threads_cpu_ms"]:
+                print("  CPU ms a frame by thread (steady state): " + ", ".join(
+                    f"{name} {ms:.2f}" for name, ms in row["pipeline_threads_cpu_ms"].items()), flush=True)
     table = markdown_table(results)
     print(table)
     report = {"machine": machine, "results": results, "markdown": table}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import re
 import sys
 import time
 from array import array
@@ -60,6 +62,40 @@ def keep_frame_memory(frame_bytes: int = 32 << 20) -> bool:
     return all(value == 1 for value in taken)
 
 
+# Every this many outputs the recorder notes each thread's CPU time (a read of /proc per thread,
+# ~0.2 ms for the pipeline's ~15 threads: ~0.01 ms an output).
+THREAD_SAMPLE_EVERY = 16
+
+
+def threads_cpu_ns() -> dict[int, tuple[str, int]]:
+    """Each thread of this process: id → (OS name, CPU nanoseconds so far), from Linux's
+    /proc/self/task (the runtimes' and FFmpeg's threads included); {} elsewhere."""
+    threads: dict[int, tuple[str, int]] = {}
+    try:
+        ids = os.listdir("/proc/self/task")
+    except OSError:
+        return threads
+    for tid in ids:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as comm, \
+                    open(f"/proc/self/task/{tid}/schedstat") as schedstat:
+                threads[int(tid)] = (comm.read().strip(), int(schedstat.read().split()[0]))
+        except (OSError, ValueError, IndexError):  # the thread ended meanwhile
+            continue
+    return threads
+
+
+def thread_role(tid: int, name: str) -> str:
+    """The group a thread's CPU is reported under: the pipeline's own threads by name
+    (rs-inference x N summed), FFmpeg's by codec (av:h264:df0, df1 → av:h264:df), the main
+    thread, and the rest (a runtime's or library's unnamed workers)."""
+    if tid == os.getpid():
+        return "main"
+    if name.startswith("rs-") or name.startswith("av:"):
+        return re.sub(r"\d+$", "", name)
+    return "unnamed (runtime, library)"
+
+
 class StageTimer:
     """`with timer:` measures one stage; `timer.ms` holds the last duration in milliseconds
     and `timer.cpu_ms` the CPU time this thread spent in it."""
@@ -112,10 +148,14 @@ class RunRecorder:
         # runtimes' and FFmpeg's included): what a frame costs once start-up is over.
         self.output_times = array("d")
         self.output_cpu = array("d")
+        # (output index, every thread's CPU then), every THREAD_SAMPLE_EVERY outputs.
+        self.thread_samples: list[tuple[int, dict[int, tuple[str, int]]]] = []
 
     def add(self, timings: dict[str, float]) -> None:
         self.output_times.append(time.perf_counter())
         self.output_cpu.append(time.process_time())
+        if self.frames % THREAD_SAMPLE_EVERY == 0:
+            self.thread_samples.append((self.frames, threads_cpu_ns()))
         self.frames += 1
         for stage, values in self.values.items():
             values.append(timings.get(stage, 0.0))
@@ -154,7 +194,29 @@ class RunRecorder:
         if self.frames >= 20:
             skipped = int(self.frames * trim)
             steady_fps, steady_cpu_ms = self.rate_between(skipped, self.frames - 1 - skipped)
-        return {"steady_fps": steady_fps, "steady_process_cpu_ms_per_frame": steady_cpu_ms}
+        return {"steady_fps": steady_fps, "steady_process_cpu_ms_per_frame": steady_cpu_ms,
+                **self.threads_cpu(trim)}
+
+    def threads_cpu(self, trim: float = 0.1) -> dict:
+        """CPU ms an output spent by each group of threads (thread_role) over the steady
+        state, between the thread samples nearest inside it, and the process's CPU over the
+        same outputs; what no live thread accounts for (threads that ended in between) is
+        "ended threads". {} without two samples in the window (short runs, not Linux)."""
+        first, last = int(self.frames * trim), self.frames - 1 - int(self.frames * trim)
+        inside = [(index, sample) for index, sample in self.thread_samples
+                  if first <= index <= last and sample]
+        if len(inside) < 2:
+            return {}
+        (start, before), (end, after) = inside[0], inside[-1]
+        outputs = end - start
+        groups: dict[str, float] = {}
+        for tid, (name, ns) in after.items():
+            spent = ns - before.get(tid, (name, 0))[1]
+            groups[thread_role(tid, name)] = groups.get(thread_role(tid, name), 0.0) + spent / 1e6 / outputs
+        process_ms = (self.output_cpu[end] - self.output_cpu[start]) * 1000 / outputs
+        groups["ended threads"] = max(0.0, process_ms - sum(groups.values()))
+        return {"threads_cpu_ms_per_frame": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+                "threads_window": [start, end], "threads_window_process_cpu_ms_per_frame": process_ms}
 
 
 def format_summary(summary: dict) -> str:

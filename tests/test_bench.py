@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from realtime import bench, clip
-from realtime.telemetry import RunRecorder
+from realtime.telemetry import RunRecorder, name_os_thread
 from helpers import camvid_or_skip
 
 
@@ -99,3 +102,43 @@ def test_steady_state_leaves_out_filling_and_draining():
     assert steady["steady_process_cpu_ms_per_frame"] == pytest.approx(15.0)
     recorder.frames = 19
     assert recorder.steady_state()["steady_fps"] is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread CPU is read from Linux's /proc")
+def test_threads_cpu_names_the_threads_that_spent_it():
+    # A named thread spins through the whole run; another spins for a while and ends inside the
+    # steady window; the recording (main) thread mostly sleeps.
+    recorder, stop = RunRecorder(), threading.Event()
+
+    def spin(name: str, cpu_seconds: float) -> None:
+        name_os_thread(name)
+        while not stop.is_set() and time.thread_time() < cpu_seconds:
+            sum(range(1000))
+
+    spinner = threading.Thread(target=spin, args=("rs-spinner", 60.0), daemon=True)
+    spinner.start()
+    for output in range(200):
+        if output == 60:  # inside the window of samples (outputs 32-176 here)
+            brief = threading.Thread(target=spin, args=("rs-brief", 0.1))
+            brief.start()
+            brief.join()
+        time.sleep(0.002)
+        recorder.add({})
+    stop.set()
+    spinner.join()
+    account = recorder.threads_cpu()
+    threads = account["threads_cpu_ms_per_frame"]
+    assert account["threads_window"] == [32, 176]
+    # The spinner had a core's share of every interval; the sleeping main thread hardly any.
+    assert threads["rs-spinner"] > 5 * threads["main"]
+    # The brief thread is gone by the end of the window: its 100 CPU ms show as ended threads.
+    assert "rs-brief" not in threads
+    assert threads["ended threads"] * 144 > 90
+    # Live threads and ended ones add up to the process's CPU over the same outputs.
+    assert sum(threads.values()) == pytest.approx(account["threads_window_process_cpu_ms_per_frame"],
+                                                  rel=0.02)
+    # Too short a run for two samples inside its steady window reports nothing.
+    short = RunRecorder()
+    for _ in range(20):
+        short.add({})
+    assert short.threads_cpu() == {}
