@@ -56,7 +56,8 @@ def load_checkpoint_model(path: Path, weights: str = "model") -> tuple[RoadSegNe
     Raises CheckpointError for anything else.
     """
     checkpoint = read_checkpoint(path)
-    net = build_model(checkpoint["args"]["model_size"], checkpoint.get("num_classes", 11))
+    net = build_model(checkpoint["args"]["model_size"], checkpoint.get("num_classes", 11),
+                      tuple(checkpoint["args"].get("instance_norm") or ()))
     if weights in AVERAGES:
         if weights not in checkpoint:
             raise CheckpointError(f"{path} has no {AVERAGES[weights]} (a run with "

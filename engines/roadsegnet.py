@@ -11,6 +11,8 @@ Design notes (why, not what):
 - A U-shaped decoder adds the 1/8 and 1/4 features back for thin objects (poles, signs,
   pedestrians), as PIDNet's detail branch and TwinLiteNet's decoder do.
 - Two auxiliary heads (1/8, 1/16) give deep supervision during training and are not exported.
+- Optionally (`instance_norm`), half the channels of the early layers are normalised per image
+  (IBN-Net): a frame's own brightness, contrast and colour cast are taken out where they enter.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class NetConfig:
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     blocks: tuple[int, int, int] = (1, 2, 2)  # residual blocks at 1/4, 1/8, 1/16
     num_classes: int = 11
+    instance_norm: tuple[str, ...] = ()  # stages whose norms are HalfInstanceNorm (IBN_STAGES)
 
 
 # Input pixels per cell of the 1/16 context map.
@@ -42,12 +45,33 @@ CONFIGS: dict[str, NetConfig] = {
 }
 
 
+# The stages that may take HalfInstanceNorm: early ones, where style lives and content is thin.
+IBN_STAGES = ("stem", "stage4", "stage8")
+
+
+class HalfInstanceNorm(nn.Module):
+    """IBN-Net's normalisation (Pan et al., ECCV 2018): the first half of the channels
+    normalised over each image on its own (InstanceNorm: that frame's contrast and colour cast
+    taken out), the rest by BatchNorm (the content the later layers need)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.split = channels // 2
+        self.instance = nn.InstanceNorm2d(self.split, affine=True)
+        self.batch = nn.BatchNorm2d(channels - self.split)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_image, per_batch = torch.split(x, [self.split, x.shape[1] - self.split], dim=1)
+        return torch.cat([self.instance(per_image), self.batch(per_batch)], dim=1)
+
+
 class ConvBNReLU(nn.Sequential):
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1):
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1,
+                 instance_half: bool = False):
         padding = dilation * (kernel - 1) // 2
         super().__init__(
             nn.Conv2d(cin, cout, kernel, stride, padding, dilation=dilation, bias=False),
-            nn.BatchNorm2d(cout),
+            HalfInstanceNorm(cout) if instance_half else nn.BatchNorm2d(cout),
             nn.ReLU(inplace=True),
         )
 
@@ -55,9 +79,9 @@ class ConvBNReLU(nn.Sequential):
 class ResidualBlock(nn.Module):
     """ResNet basic block; the second conv may be dilated to grow the receptive field."""
 
-    def __init__(self, channels: int, dilation: int = 1):
+    def __init__(self, channels: int, dilation: int = 1, instance_half: bool = False):
         super().__init__()
-        self.conv1 = ConvBNReLU(channels, channels)
+        self.conv1 = ConvBNReLU(channels, channels, instance_half=instance_half)
         self.conv2 = nn.Sequential(
             nn.Conv2d(channels, channels, 3, 1, dilation, dilation=dilation, bias=False),
             nn.BatchNorm2d(channels),
@@ -121,10 +145,15 @@ class RoadSegNet(nn.Module):
         self.config = config
         w1, w2, w3, w4 = config.widths
         b2, b3, b4 = config.blocks
-        self.stem = nn.Sequential(ConvBNReLU(3, w1, stride=2), ConvBNReLU(w1, w2, stride=2))
-        self.stage4 = nn.Sequential(*[ResidualBlock(w2) for _ in range(b2)])
-        self.stage8 = nn.Sequential(ConvBNReLU(w2, w3, stride=2),
-                                    *[ResidualBlock(w3) for _ in range(b3)])
+        unknown = set(config.instance_norm) - set(IBN_STAGES)
+        if unknown:
+            raise ValueError(f"instance norm in {sorted(unknown)}: it goes in {', '.join(IBN_STAGES)}")
+        ibn = {stage: stage in config.instance_norm for stage in IBN_STAGES}
+        self.stem = nn.Sequential(ConvBNReLU(3, w1, stride=2, instance_half=ibn["stem"]),
+                                  ConvBNReLU(w1, w2, stride=2, instance_half=ibn["stem"]))
+        self.stage4 = nn.Sequential(*[ResidualBlock(w2, instance_half=ibn["stage4"]) for _ in range(b2)])
+        self.stage8 = nn.Sequential(ConvBNReLU(w2, w3, stride=2, instance_half=ibn["stage8"]),
+                                    *[ResidualBlock(w3, instance_half=ibn["stage8"]) for _ in range(b3)])
         dilations = [1, 2, 4, 8][:b4]
         self.stage16 = nn.Sequential(ConvBNReLU(w3, w4, stride=2),
                                      *[ResidualBlock(w4, d) for d in dilations])
@@ -160,12 +189,35 @@ class RoadSegNet(nn.Module):
         return logits
 
 
-def build_model(name: str = "base", num_classes: int = 11) -> RoadSegNet:
-    """Build a RoadSegNet of a named size from CONFIGS."""
+def build_model(name: str = "base", num_classes: int = 11,
+                instance_norm: tuple[str, ...] = ()) -> RoadSegNet:
+    """Build a RoadSegNet of a named size from CONFIGS (with HalfInstanceNorm in the stages
+    named by `instance_norm`)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown model size {name!r}; choose one of {sorted(CONFIGS)}")
     base = CONFIGS[name]
-    return RoadSegNet(NetConfig(widths=base.widths, blocks=base.blocks, num_classes=num_classes))
+    return RoadSegNet(NetConfig(widths=base.widths, blocks=base.blocks, num_classes=num_classes,
+                                instance_norm=tuple(instance_norm)))
+
+
+def fit_batchnorm_state(net: RoadSegNet, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict of the same network with BatchNorm everywhere, rewritten to load strictly
+    into `net`, whose HalfInstanceNorms stand where some of those BatchNorms were: each one's
+    BatchNorm half keeps its channels' statistics and scale, its instance half their scale and
+    shift (a warm start; everything else is copied as it is)."""
+    fitted = dict(state)
+    for name, module in net.named_modules():
+        if not isinstance(module, HalfInstanceNorm) or f"{name}.weight" not in state:
+            continue
+        half = module.split
+        for key in ("weight", "bias"):
+            value = fitted.pop(f"{name}.{key}")
+            fitted[f"{name}.instance.{key}"] = value[:half].clone()
+            fitted[f"{name}.batch.{key}"] = value[half:].clone()
+        for key in ("running_mean", "running_var"):
+            fitted[f"{name}.batch.{key}"] = fitted.pop(f"{name}.{key}")[half:].clone()
+        fitted[f"{name}.batch.num_batches_tracked"] = fitted.pop(f"{name}.num_batches_tracked")
+    return fitted
 
 
 def count_parameters(model: nn.Module, include_aux: bool = False) -> int:

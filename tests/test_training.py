@@ -29,7 +29,8 @@ from engines.contract_wrapper import preprocess_bgr
 from engines.frames import sample_frames
 from engines.labels import CAMVID_CLASSES, CAMVID_VOID, EGO_CLASS, TRAIN_IGNORE
 from engines.metrics import ConfusionMatrix
-from engines.roadsegnet import WindowedAverage, build_model, count_parameters
+from engines.roadsegnet import (HalfInstanceNorm, WindowedAverage, build_model, count_parameters,
+                                fit_batchnorm_state)
 from training.export import compare_with_torch, export_onnx, recalibrate_batchnorm
 
 CAMVID_NAMES = [c.name for c in CAMVID_CLASSES]
@@ -710,6 +711,52 @@ def test_mixstyle_layers_train_and_are_recorded_in_the_exported_recipe(tmp_path)
     assert recipe["mixstyle"] == 1.0 and recipe["mixstyle_layers"] == ["stem", "stage8"]
     with pytest.raises(SystemExit):
         train.parse_args(["--mixstyle-layers", "classifier"])  # not a stage that carries style
+
+
+def test_half_instance_norm_takes_each_frames_own_contrast_out_of_half_the_channels():
+    # Two frames, the second the first at a third of the contrast and darker: after the
+    # norm, the per-image half is the same for both, the BatchNorm half is not.
+    norm = HalfInstanceNorm(8).eval()
+    first = torch.rand(1, 8, 12, 16)
+    pair = torch.cat([first, first / 3 - 0.2])
+    out = norm(pair)
+    assert torch.allclose(out[0, :4], out[1, :4], atol=1e-3)
+    assert not torch.allclose(out[0, 4:], out[1, 4:], atol=1e-2)
+
+
+def test_instance_norm_warm_starts_a_plain_network_trains_and_exports(tiny_run, tmp_path, capsys):
+    # A plain checkpoint's BatchNorms fitted to the halves: the BatchNorm half computes what
+    # the plain layer computed on its channels; strict loading, no key left over or missing.
+    out, _ = tiny_run
+    plain, checkpoint = load_checkpoint_model(out / "last.pt")
+    ibn = build_model("small", checkpoint["num_classes"], ("stem", "stage4")).eval()
+    ibn.load_state_dict(fit_batchnorm_state(ibn, checkpoint["model"]), strict=True)
+    frames = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        half = ibn.stem[0][1].split
+        assert torch.allclose(plain.stem[0](frames)[:, half:], ibn.stem[0](frames)[:, half:], atol=1e-5)
+    # Trained that way (--init), recorded in the recipe, reloaded with the norms, exported.
+    camvid = camvid_or_skip()
+    run = tmp_path / "run"
+    common = ["--data", str(camvid), "--limit", "2", "--crop", "96", "128", "--scale", "0.3", "0.3",
+              "--batch-size", "2", "--model-size", "small", "--threads", "2", "--out", str(run),
+              "--no-progress", "--eval-every", "1000", "--amp", "none"]
+    assert train.main(train.parse_args([*common, "--epochs", "1", "--init", str(out / "last.pt"),
+                                        "--instance-norm", "stem", "stage4"])) == 0
+    net, trained = load_checkpoint_model(run / "last.pt")
+    assert isinstance(net.stem[1][1], HalfInstanceNorm) and isinstance(net.stage4[0].conv1[1], HalfInstanceNorm)
+    assert not isinstance(net.stage8[0][1], HalfInstanceNorm)
+    onnx_path = tmp_path / "ibn.onnx"
+    assert export_cli.main(export_cli.parse_args(
+        ["--checkpoint", str(run / "last.pt"), "--data", str(camvid), "--out", str(onnx_path)])) == 0
+    assert "agree on 100.000%" in capsys.readouterr().out
+    provenance = engines.load(onnx_path, backend="onnxruntime").info.details["provenance"]
+    assert provenance["recipe"]["instance_norm"] == ["stem", "stage4"]
+    # Resuming with other norms is refused in one line; a stage without style is not offered.
+    assert train.main(train.parse_args([*common, "--epochs", "2", "--resume", str(run / "last.pt")])) == 2
+    assert "was trained with --instance-norm stem stage4" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train.parse_args(["--instance-norm", "stage16"])
 
 
 def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():

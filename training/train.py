@@ -44,7 +44,8 @@ from engines.checkpoint import CheckpointError, load_checkpoint_model, read_chec
 from engines.frames import FramesError, listed_names, sample_frames
 from engines.contract import DEFAULT_INPUT_SIZE
 from engines.contract_wrapper import FlipScaleAverage, preprocess_bgr
-from engines.roadsegnet import RoadSegNet, build_model, check_context_window, count_parameters
+from engines.roadsegnet import (IBN_STAGES, RoadSegNet, build_model, check_context_window,
+                                count_parameters, fit_batchnorm_state)
 from engines.tool import run_tool
 
 AUX_WEIGHT = 0.4
@@ -484,7 +485,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: cannot use --teacher {args.teacher}: {error}")
             return 2
 
-    model = build_model(args.model_size, len(ROADSEG_CLASSES)).to(args.device)
+    model = build_model(args.model_size, len(ROADSEG_CLASSES), tuple(args.instance_norm)).to(args.device)
     # A windowed context holds no weights: a checkpoint loads either way, and the average
     # below copies the window with the network.
     model.pool_context_over(tuple(args.context_window) if args.context_window else None)
@@ -505,7 +506,16 @@ def main(args: argparse.Namespace) -> int:
     if start_from:
         try:
             checkpoint = read_checkpoint(start_from, args.device)
-            model.load_state_dict(checkpoint["model"], strict=True)
+            state = checkpoint["model"]
+            trained_ibn = list(checkpoint["args"].get("instance_norm") or [])
+            if args.resume and trained_ibn != list(args.instance_norm):
+                print(f"error: {args.resume} was trained with --instance-norm "
+                      f"{' '.join(trained_ibn) or '(none)'}; resume with the options it was started with")
+                return 2
+            if args.init and not trained_ibn and args.instance_norm:
+                # A warm start of a plain network with IBN: its BatchNorms fitted to the halves.
+                state = fit_batchnorm_state(model, state)
+            model.load_state_dict(state, strict=True)
         except CheckpointError as error:
             print(f"error: {error}")
             return 2
@@ -678,6 +688,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="share of training steps on which the early stages' feature "
                              "statistics are mixed between the crops of the batch (MixStyle; "
                              "0.5 is usual); 0 turns it off")
+    parser.add_argument("--instance-norm", nargs="+", default=[], choices=IBN_STAGES, metavar="STAGE",
+                        help="IBN-Net: half the channels of these stages' norms per image "
+                             f"(InstanceNorm) instead of BatchNorm ({', '.join(IBN_STAGES)}); "
+                             "with --init from a plain network its BatchNorms start both halves")
     parser.add_argument("--mixstyle-layers", nargs="+", default=["stem", "stage4"],
                         choices=MIXSTYLE_LAYERS, metavar="STAGE",
                         help="the stages whose output --mixstyle mixes, from the input on: "
