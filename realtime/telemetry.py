@@ -63,8 +63,10 @@ def keep_frame_memory(frame_bytes: int = 32 << 20) -> bool:
 
 
 # Every this many outputs the recorder notes each thread's CPU time (a read of /proc per thread,
-# ~0.2 ms for the pipeline's ~15 threads: ~0.01 ms an output).
+# ~0.2 ms for the pipeline's ~15 threads: ~0.01 ms an output). A long run keeps at most
+# THREAD_SAMPLES_KEPT of them: past that, every other one goes and the interval doubles.
 THREAD_SAMPLE_EVERY = 16
+THREAD_SAMPLES_KEPT = 256
 
 
 def threads_cpu_ns() -> dict[int, tuple[str, int]]:
@@ -148,14 +150,18 @@ class RunRecorder:
         # runtimes' and FFmpeg's included): what a frame costs once start-up is over.
         self.output_times = array("d")
         self.output_cpu = array("d")
-        # (output index, every thread's CPU then), every THREAD_SAMPLE_EVERY outputs.
+        # (output index, every thread's CPU then), every `thread_every` outputs.
         self.thread_samples: list[tuple[int, dict[int, tuple[str, int]]]] = []
+        self.thread_every = THREAD_SAMPLE_EVERY
 
     def add(self, timings: dict[str, float]) -> None:
         self.output_times.append(time.perf_counter())
         self.output_cpu.append(time.process_time())
-        if self.frames % THREAD_SAMPLE_EVERY == 0:
+        if self.frames % self.thread_every == 0:
             self.thread_samples.append((self.frames, threads_cpu_ns()))
+            if len(self.thread_samples) > THREAD_SAMPLES_KEPT:  # bounded memory on long runs
+                self.thread_samples = self.thread_samples[::2]
+                self.thread_every *= 2
         self.frames += 1
         for stage, values in self.values.items():
             values.append(timings.get(stage, 0.0))

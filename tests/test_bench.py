@@ -137,6 +137,13 @@ def test_threads_cpu_names_the_threads_that_spent_it():
     # Live threads and ended ones add up to the process's CPU over the same outputs.
     assert sum(threads.values()) == pytest.approx(account["threads_window_process_cpu_ms_per_frame"],
                                                   rel=0.02)
+    # A long run keeps a bounded number of samples, evenly spaced.
+    long = RunRecorder()
+    for _ in range(20000):
+        long.add({})
+    indices = [index for index, _ in long.thread_samples]
+    assert len(indices) <= 256 and len(set(np.diff(indices))) == 1
+    assert long.threads_cpu()["threads_window"][0] <= 0.1 * 20000 + indices[1]
     # Too short a run for two samples inside its steady window reports nothing.
     short = RunRecorder()
     for _ in range(20):
