@@ -94,6 +94,14 @@ def bench_decode(args: argparse.Namespace) -> tuple[float, float]:
     return count / (time.perf_counter() - started), cpu_ms
 
 
+def single_thread_ms(chosen: engines.Choice, options: dict[str, Any], frames: list[np.ndarray],
+                     args: argparse.Namespace) -> float:
+    """The median ms of one single-thread call of the chosen engine: its share of the bound
+    (a CPU pipeline runs its calls one core each)."""
+    with engines.load(chosen.path, chosen.backend, **{**options, "threads": 1}) as single:
+        return bench_engine(single, frames, max(20, args.runs // 2), args.warmup)["engine_ms_p50"]
+
+
 def bench_naive(engine: Engine, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """The single-threaded demo loop: read → resize → infer → overlay → write, one at a time."""
     height, width = engine.info.input_size
@@ -253,13 +261,17 @@ def benchmark(args: argparse.Namespace) -> int:
                                        "decode_cpu_ms": decode_cpu_ms}
                 row.update(bench_engine(engine, frames, args.runs, args.warmup))
                 row.update(bench_naive(engine, args, Path(scratch) / "naive.mp4"))
-            with engines.load(chosen.path, chosen.backend, **{**options, "threads": 1}) as single:
-                row["engine_1thread_ms"] = bench_engine(single, frames, max(20, args.runs // 2),
-                                                        args.warmup)["engine_ms_p50"]
+            # The stages measured alone on both sides of the pipeline runs, since the host's
+            # speed drifts (10-20 % an hour on the shared machines here): the bound takes the means.
+            single_ms, decode_ms = [single_thread_ms(chosen, options, frames, args)], [bench_decode(args)[1]]
             row.update(bench_pipeline(chosen, args, Path(scratch) / "pipeline.mp4"))
+            single_ms.append(single_thread_ms(chosen, options, frames, args))
+            decode_ms.append(bench_decode(args)[1])
+            row["engine_1thread_ms"], row["engine_1thread_ms_before_after"] = float(np.mean(single_ms)), single_ms
+            row["decode_cpu_ms"], row["decode_cpu_ms_before_after"] = float(np.mean(decode_ms)), decode_ms
             # The machine bound: every stage's CPU per frame, over the cores there are.
             # Decode is measured on its own (its FFmpeg threads are not the capture thread's).
-            stages = {**row["pipeline_stage_cpu_ms"], "decode_cpu": decode_cpu_ms}
+            stages = {**row["pipeline_stage_cpu_ms"], "decode_cpu": row["decode_cpu_ms"]}
             row["cpu_ms_per_frame"] = sum(stages.values()) + row["engine_1thread_ms"]
             row["bound_fps"] = (os.cpu_count() or 1) * 1000 / row["cpu_ms_per_frame"]
             row["pipeline_vs_bound"] = row["pipeline_fps"] / row["bound_fps"]
