@@ -717,11 +717,12 @@ def test_half_instance_norm_takes_each_frames_own_contrast_out_of_half_the_chann
     # Two frames, the second the first at a third of the contrast and darker: after the
     # norm, the per-image half is the same for both, the BatchNorm half is not.
     norm = HalfInstanceNorm(8).eval()
-    first = torch.rand(1, 8, 12, 16)
+    first = torch.rand(1, 8, 12, 16, generator=torch.Generator().manual_seed(0))
     pair = torch.cat([first, first / 3 - 0.2])
     out = norm(pair)
-    assert torch.allclose(out[0, :4], out[1, :4], atol=1e-3)
-    assert not torch.allclose(out[0, 4:], out[1, 4:], atol=1e-2)
+    # Equal but for InstanceNorm's epsilon, which weighs more against the weaker contrast.
+    assert torch.allclose(out[0, :4], out[1, :4], atol=1e-2)
+    assert (out[0, 4:] - out[1, 4:]).abs().mean() > 0.1
 
 
 def test_instance_norm_warm_starts_a_plain_network_trains_and_exports(tiny_run, tmp_path, capsys):
