@@ -43,7 +43,7 @@ from engines.frame_fit import content_labels, to_input
 from engines.tool import run_tool
 from realtime.render import Palette, overlay, parse_class_selection
 from realtime.sources import Source, SourceError, open_source
-from realtime.telemetry import CPU_STAGES, keep_frame_memory
+from realtime.telemetry import CPU_STAGES, format_threads_cpu, keep_frame_memory
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
 
@@ -298,8 +298,7 @@ def benchmark(args: argparse.Namespace) -> int:
                   f"{row['pipeline_vs_measured_bound']:.2f}",
                   flush=True)
             if row["pipeline_threads_cpu_ms"]:
-                print("  CPU ms a frame by thread (steady state): " + ", ".join(
-                    f"{name} {ms:.2f}" for name, ms in row["pipeline_threads_cpu_ms"].items()), flush=True)
+                print("  " + format_threads_cpu(row["pipeline_threads_cpu_ms"]), flush=True)
     table = markdown_table(results)
     print(table)
     report = {"machine": machine, "results": results, "markdown": table}

@@ -225,6 +225,12 @@ class RunRecorder:
                 "threads_window": [start, end], "threads_window_process_cpu_ms_per_frame": process_ms}
 
 
+def format_threads_cpu(threads: dict[str, float]) -> str:
+    """One line: CPU ms a frame by group of threads (RunRecorder.threads_cpu), largest first."""
+    return "CPU ms a frame by thread (steady state): " + ", ".join(
+        f"{name} {ms:.2f}" for name, ms in threads.items())
+
+
 def format_summary(summary: dict) -> str:
     """The table printed on exit."""
     lines = [f"frames {summary['frames']}  dropped {summary['dropped']}  corrupt {summary['corrupt']}  "
@@ -233,6 +239,8 @@ def format_summary(summary: dict) -> str:
     for stage, stats in summary["stages_ms"].items():
         name = "end-to-end" if stage == "latency" else stage.replace("_cpu", " CPU")
         lines.append(f"{name:<10}{stats['p50']:>9.2f}{stats['p95']:>9.2f}{stats['mean']:>9.2f}")
+    if summary.get("threads_cpu_ms_per_frame"):
+        lines.append(format_threads_cpu(summary["threads_cpu_ms_per_frame"]))
     return "\n".join(lines)
 
 

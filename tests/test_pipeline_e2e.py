@@ -43,6 +43,12 @@ def test_video_pace_all_frames_in_equal_frames_out(assets, tmp_path, workers):
     assert report["frames"] == 40 and report["dropped"] == 0
     assert report["stop_reason"] == "end of input"
     assert "end-to-end" in result.stderr and "p95" in result.stderr
+    # Where the CPU went, by thread, over the steady state (Linux reports each thread's CPU;
+    # the capture and inference threads of so short a video may have ended before its end).
+    if sys.platform.startswith("linux"):
+        threads = report["threads_cpu_ms_per_frame"]
+        assert threads["rs-render"] > 0 and threads["rs-output"] > 0 and "ended threads" in threads
+        assert "CPU ms a frame by thread" in result.stderr
 
 
 def test_camvid_clip_with_shipped_model(tmp_path):
