@@ -756,6 +756,9 @@ def test_instance_norm_warm_starts_a_plain_network_trains_and_exports(tiny_run, 
     # Resuming with other norms is refused in one line; a stage without style is not offered.
     assert train.main(train.parse_args([*common, "--epochs", "2", "--resume", str(run / "last.pt")])) == 2
     assert "was trained with --instance-norm stem stage4" in capsys.readouterr().out
+    # A warm start of it must name the same norms.
+    assert train.main(train.parse_args([*common, "--epochs", "1", "--init", str(run / "last.pt")])) == 2
+    assert "holds a network with --instance-norm stem stage4; pass the same" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         train.parse_args(["--instance-norm", "stage16"])
 

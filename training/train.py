@@ -521,6 +521,10 @@ def main(args: argparse.Namespace) -> int:
             return 2
         except RuntimeError as error:
             size = checkpoint["args"]["model_size"]
+            if trained_ibn and trained_ibn != list(args.instance_norm):
+                print(f"error: {start_from} holds a network with --instance-norm "
+                      f"{' '.join(trained_ibn)}; pass the same")
+                return 2
             fix = (f"pass --model-size {size}" if size != args.model_size
                    else f"its weights do not fit ({str(error).splitlines()[-1].strip()})")
             print(f"error: {start_from} holds a {size} network, this run trains a "
