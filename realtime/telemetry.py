@@ -66,7 +66,7 @@ def keep_frame_memory(frame_bytes: int = 32 << 20) -> bool:
 # ~0.2 ms for the pipeline's ~15 threads: ~0.01 ms an output). A long run keeps at most
 # THREAD_SAMPLES_KEPT of them: past that, every other one goes and the interval doubles.
 THREAD_SAMPLE_EVERY = 16
-THREAD_SAMPLES_KEPT = 256
+THREAD_SAMPLES_KEPT = 128
 
 
 def threads_cpu_ns() -> dict[int, tuple[str, int]]:
