@@ -50,7 +50,7 @@ END = object()  # end-of-stream marker passed down the channels
 # interval: 5 ms by default, most of a frame's budget at 100+ FPS. Measured with 0.5 ms
 # (session 26, 960x540, 2 cores, OpenVINO bf16, alternated runs): cores busy 0.971-0.979
 # instead of 0.958-0.974, steady FPS up 1-3.5 %, the share of the machine bound up in every
-# clean benchmark round (README, "The pipeline against the machine bound").
+# clean benchmark round (docs/cpu-history.md, "The pipeline against the machine bound").
 SWITCH_INTERVAL_S = 0.0005
 
 
