@@ -217,8 +217,8 @@ class RunRecorder:
         outputs = end - start
         groups: dict[str, float] = {}
         for tid, (name, ns) in after.items():
-            spent = ns - before.get(tid, (name, 0))[1]
-            groups[thread_role(tid, name)] = groups.get(thread_role(tid, name), 0.0) + spent / 1e6 / outputs
+            role, spent_ms = thread_role(tid, name), (ns - before.get(tid, (name, 0))[1]) / 1e6
+            groups[role] = groups.get(role, 0.0) + spent_ms / outputs
         process_ms = (self.output_cpu[end] - self.output_cpu[start]) * 1000 / outputs
         groups["ended threads"] = max(0.0, process_ms - sum(groups.values()))
         return {"threads_cpu_ms_per_frame": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
