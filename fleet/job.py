@@ -25,11 +25,13 @@ How it runs (Ray Data, streaming):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -384,7 +386,8 @@ def run_job(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
         finally:
-            ray.shutdown()
+            with interrupt_deferred():
+                ray.shutdown()
     seconds = time.perf_counter() - started
     frames_done = sum(r["frames"] for r in results.values())
     job = {"videos": len(videos), "done": len(results), "skipped": skipped, "failures": failures,
@@ -398,6 +401,21 @@ def run_job(args: argparse.Namespace) -> int:
     for failure in failures:
         print(f"failed: {failure['video']}: {failure['error']}", file=sys.stderr)
     return 0 if not failures else 1
+
+
+@contextlib.contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until the block ends: Ray broken off
+    half-way through its shutdown has its own threads end the process with status 1 and no
+    message."""
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def run_on_ray(ray: Any, items: list[dict[str, Any]], planned: dict[str, tuple[int, float]],
