@@ -206,19 +206,33 @@ class RunRecorder:
     def threads_cpu(self, trim: float = 0.1) -> dict:
         """CPU ms an output spent by each group of threads (thread_role) over the steady
         state, between the thread samples nearest inside it, and the process's CPU over the
-        same outputs; what no live thread accounts for (threads that ended in between) is
-        "ended threads". {} without two samples in the window (short runs, not Linux)."""
+        same outputs. Every sample in between counts, so a thread that started or ended inside
+        the window (FFmpeg's decoder threads, new at each --loop pass or stream reconnect) is
+        reported under its own name up to its last sample; what no sample saw (the rest of an
+        ended thread's time, a thread too brief to be sampled) is "ended threads".
+        {} without two samples in the window (short runs, not Linux)."""
         first, last = int(self.frames * trim), self.frames - 1 - int(self.frames * trim)
         inside = [(index, sample) for index, sample in self.thread_samples
                   if first <= index <= last and sample]
         if len(inside) < 2:
             return {}
-        (start, before), (end, after) = inside[0], inside[-1]
+        start, end = inside[0][0], inside[-1][0]
         outputs = end - start
+        # Per thread: its role, its CPU at the window's start (0 if it began later) and last seen.
+        seen: dict[int, tuple[str, int, int]] = {}
+        finished: list[tuple[str, int, int]] = []
+        for index, sample in inside:
+            for tid, (name, ns) in sample.items():
+                role = thread_role(tid, name)
+                if tid in seen and (seen[tid][0] != role or ns < seen[tid][2]):
+                    finished.append(seen.pop(tid))  # the id was reused by a new thread
+                if tid in seen:
+                    seen[tid] = (role, seen[tid][1], ns)
+                else:
+                    seen[tid] = (role, ns if index == start else 0, ns)
         groups: dict[str, float] = {}
-        for tid, (name, ns) in after.items():
-            role, spent_ms = thread_role(tid, name), (ns - before.get(tid, (name, 0))[1]) / 1e6
-            groups[role] = groups.get(role, 0.0) + spent_ms / outputs
+        for role, at_start, last_seen in [*seen.values(), *finished]:
+            groups[role] = groups.get(role, 0.0) + (last_seen - at_start) / 1e6 / outputs
         process_ms = (self.output_cpu[end] - self.output_cpu[start]) * 1000 / outputs
         groups["ended threads"] = max(0.0, process_ms - sum(groups.values()))
         return {"threads_cpu_ms_per_frame": dict(sorted(groups.items(), key=lambda kv: -kv[1])),

@@ -116,18 +116,27 @@ def test_threads_cpu_names_the_threads_that_spent_it():
     # steady window; the recording (main) thread mostly sleeps.
     recorder, stop = RunRecorder(), threading.Event()
 
-    def spin(name: str, cpu_seconds: float) -> None:
+    def spin(name: str, cpu_seconds: float, until: threading.Event = stop) -> None:
         name_os_thread(name)
-        while not stop.is_set() and time.thread_time() < cpu_seconds:
+        while not until.is_set() and time.thread_time() < cpu_seconds:
             sum(range(1000))
 
     spinner = threading.Thread(target=spin, args=("rs-spinner", 60.0), daemon=True)
     spinner.start()
+    # One that lives across several samples (taken every 16 outputs) and ends inside the
+    # window, as FFmpeg's decoder threads do when a looped file is reopened.
+    passing, passing_stop = None, threading.Event()
     for output in range(200):
         if output == 60:  # inside the window of samples (outputs 32-176 here)
             brief = threading.Thread(target=spin, args=("rs-brief", 0.3))
             brief.start()
             brief.join()
+        if output == 70:
+            passing = threading.Thread(target=spin, args=("av:h264:df1", 60.0, passing_stop))
+            passing.start()
+        if output == 120:
+            passing_stop.set()
+            passing.join()
         time.sleep(0.002)
         recorder.add({})
     stop.set()
@@ -141,6 +150,9 @@ def test_threads_cpu_names_the_threads_that_spent_it():
     # (give or take what Linux has not yet added to a running thread's count when it is read).
     assert "rs-brief" not in threads
     assert threads["ended threads"] * 144 > 200
+    # The thread that spun across samples (outputs 70-120) is reported under its role, though
+    # it has ended: at least the CPU seen from its start to its last sample (outputs 80-112).
+    assert threads["av:h264:df"] * 144 > 20
     # Live threads and ended ones add up to the process's CPU over the same outputs.
     assert sum(threads.values()) == pytest.approx(account["threads_window_process_cpu_ms_per_frame"],
                                                   rel=0.02)
