@@ -209,6 +209,15 @@ def pick(timed: list[dict[str, Any]], path: Path) -> dict[str, Any]:
     return fastest
 
 
+def missing_runtimes(path: Path, backends: dict[str, Backend]) -> str:
+    """For the runtimes that could run this file but are not installed, what installing each
+    would add, each line led by "; " ("" when none)."""
+    suffix = Path(path).suffix.lower()
+    hints = [spec.missing() for spec in backends.values()
+             if spec.missing is not None and suffix in (*spec.suffixes, *spec.also_opens)]
+    return "".join(f"; {hint}" for hint in hints if hint)
+
+
 def choose(path: Path, backends: dict[str, Backend], precision: str = "auto",
            labels: dict[str, Any] | None = None, stand_ins: bool = True) -> Choice | None:
     """The fastest offer for this file (measured once, then cached), or None when no backend
@@ -216,9 +225,11 @@ def choose(path: Path, backends: dict[str, Backend], precision: str = "auto",
     offers = collect_offers(path, backends, precision, stand_ins)
     if not offers:
         return None
+    absent = missing_runtimes(path, backends)
     if len(offers) == 1:
         only = offers[0]
-        return Choice(only.backend, only.path, only.precision, "the only runtime installed for it")
+        return Choice(only.backend, only.path, only.precision,
+                      "the only runtime installed for it" + absent)
     cached = cache_path(offers, labels)
     rows = None
     if cached.is_file():
@@ -241,7 +252,7 @@ def choose(path: Path, backends: dict[str, Backend], precision: str = "auto",
     if not timed:
         first = offers[0]
         return Choice(first.backend, first.path, first.precision,
-                      "no runtime could be timed; the first offered")
+                      "no runtime could be timed; the first offered" + absent)
     best = pick(timed, path)
     others = ", ".join(f"{r['backend']} {r['precision']} {r['ms']:.1f}" for r in timed if r is not best)
     fastest = min(timed, key=lambda row: row["ms"])
@@ -254,4 +265,4 @@ def choose(path: Path, backends: dict[str, Backend], precision: str = "auto",
         verb = "loses" if delta <= 0 else "gains"
         reason += f"; {Path(best['path']).name} {verb} {abs(delta):.2f} mIoU points"
     # The precision asked of the backend is the offer's ("auto" lets the file decide).
-    return Choice(best["backend"], Path(best["path"]), best["asked"], reason)
+    return Choice(best["backend"], Path(best["path"]), best["asked"], reason + absent)

@@ -91,6 +91,9 @@ class Backend:
     # What it can run a model file as under --backend auto: (file, precision) pairs, the
     # file itself and faster stand-ins (an INT8 sibling); engines.autoselect times them.
     offers: Callable[[Path], list[tuple[Path, str]]] | None = None
+    # Where its runtime is not installed: one line saying what installing it would add, which
+    # --backend auto appends to its reason (None when installed).
+    missing: Callable[[], str | None] | None = None
 
     def accepts(self, path: Path) -> bool:
         return Path(path).suffix.lower() in self.suffixes

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import engines
 from engines.autoselect import int8_may_saturate, pick
 from engines.frames import sample_frames
 from engines.lowering import lower_precision
-from helpers import camvid_or_skip
+from helpers import REPO, camvid_or_skip, write_video
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                                 reason="openvino is not installed (pip install -e \".[openvino]\")")
@@ -120,6 +123,26 @@ def test_auto_picks_the_fastest_measured_offer_and_caches_it(tmp_path, monkeypat
     # An engine opened with backend auto runs what was measured fastest for that file.
     with engines.load(engines.DEFAULT_MODEL) as engine:
         assert engine.info.backend == engines.backend_for(engines.DEFAULT_MODEL)
+
+
+def test_auto_without_openvino_says_what_installing_it_would_add(tmp_path, monkeypatch):
+    # The app as a user runs it after the two commands, on a real video, with OpenVINO not
+    # importable (a None entry in sys.modules fails the import as a missing package does).
+    video = tmp_path / "drive.mp4"
+    write_video(video, 10, size=(320, 240))
+    argv = ["run.py", "--video", str(video), "--headless", "--summary-json", str(tmp_path / "s.json")]
+    code = ("import runpy, sys; sys.modules['openvino'] = None; "
+            f"sys.argv = {argv!r}; runpy.run_path('run.py', run_name='__main__')")
+    env = {**os.environ, "ROADSEG_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    started = next(line for line in result.stderr.splitlines() if line.startswith("running "))
+    assert started.startswith("running onnxruntime"), started
+    assert "OpenVINO is not installed" in started and 'pip install -e ".[openvino]"' in started
+    # Installed (as here), it competes instead and nothing is said about installing it.
+    monkeypatch.setenv("ROADSEG_CACHE", str(tmp_path / "cache"))
+    assert "not installed" not in engines.choose(engines.DEFAULT_MODEL).reason
 
 
 def test_unreadable_file_is_one_clear_error(tmp_path):
