@@ -289,7 +289,7 @@ def benchmark(args: argparse.Namespace) -> int:
                   f"pipeline/engine "
                   f"{row['pipeline_vs_engine']:.2f}, pipeline/naive {row['pipeline_vs_naive']:.2f}, "
                   f"bound {row['bound_fps']:.0f} FPS ({row['cpu_ms_per_frame']:.1f} CPU ms/frame), "
-                  f"pipeline/bound {row['pipeline_vs_bound']:.2f} (steady state "
+                  f"pipeline/bound {row['pipeline_vs_bound']:.3f} (steady state "
                   f"{row['pipeline_steady_fps']:.1f} FPS, {row['pipeline_steady_vs_bound']:.3f} of the bound, "
                   f"CPU use {row['pipeline_steady_cpu_utilisation']:.1%}); whole process "
                   f"{row['pipeline_process_cpu_ms_per_frame']:.1f} CPU ms/frame, CPU use "
