@@ -4,7 +4,8 @@ from engines.tool import run_tool
 from fleet.job import main, parse_args
 
 status = run_tool(main, parse_args())
-# Every output is written and the last line printed: a Ctrl-C while Ray's threads wind down
-# would only turn the finished job's status into a signal death.
-signal.signal(signal.SIGINT, signal.SIG_IGN)
+# Every output is written and the last line printed: a Ctrl-C or SIGTERM while Ray's threads
+# wind down would only turn the finished job's status into a signal death.
+for stop_signal in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(stop_signal, signal.SIG_IGN)
 raise SystemExit(status)

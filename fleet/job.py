@@ -316,14 +316,28 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_atomically(path, json.dumps(data, indent=2))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler taking the machine back, `kill`, `timeout`): the job stops as on
+    Ctrl-C, through the same clean-up."""
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run the job; Ctrl-C stops it with one line, keeping every video finished so far."""
+    """Run the job; Ctrl-C or SIGTERM stops it with one line, keeping every video finished so
+    far (status 130 or 143, as a shell reports those signals)."""
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return run_job(args)
-    except KeyboardInterrupt:
-        print(f"interrupted: each video with a summary.json under {args.out} is complete; a rerun "
+    except KeyboardInterrupt as stop:
+        how, status = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        print(f"{how}: each video with a summary.json under {args.out} is complete; a rerun "
               "with the same --out does the rest", file=sys.stderr)
-        return 130
+        return status
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_job(args: argparse.Namespace) -> int:
@@ -378,9 +392,8 @@ def run_job(args: argparse.Namespace) -> int:
         # tasks need room beside them or the pipeline waits forever.
         local_cpus = max(args.num_cpus or os.cpu_count() or 1,
                          math.ceil(args.actors * args.threads + DECODE_CPUS))
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, **({} if args.address else {"num_cpus": local_cpus}))
         try:
+            start_ray(ray, args, local_cpus)
             results = run_on_ray(ray, items, planned, classes, args, failures, folders)
         except OutputError as error:
             print(f"error: {error}", file=sys.stderr)
@@ -403,19 +416,35 @@ def run_job(args: argparse.Namespace) -> int:
     return 0 if not failures else 1
 
 
+def start_ray(ray: Any, args: argparse.Namespace, local_cpus: int) -> None:
+    """Start (or join) Ray, keeping this job's stop signals: ray.init puts its own SIGTERM
+    handlers in place (Python's `sys.exit(15)`, then a native stack dump), which the block
+    replaces with ours again when it ends."""
+    try:
+        with interrupt_deferred():
+            ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, **({} if args.address else {"num_cpus": local_cpus}))
+    except SystemExit as request:
+        if request.code == signal.SIGTERM:  # Ray's own handler answered a SIGTERM while starting
+            raise Terminated from None
+        raise
+
+
 @contextlib.contextmanager
 def interrupt_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C that arrives inside the block until the block ends: Ray broken off
-    half-way through its shutdown has its own threads end the process with status 1 and no
+    """Hold a Ctrl-C or SIGTERM that arrives inside the block until the block ends: Ray broken
+    off half-way through its shutdown has its own threads end the process with status 1 and no
     message."""
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    previous = {signum: signal.signal(signum, lambda number, _frame: caught.append(number))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if caught:
-        raise KeyboardInterrupt
+        raise Terminated if signal.SIGTERM in caught else KeyboardInterrupt
 
 
 def run_on_ray(ray: Any, items: list[dict[str, Any]], planned: dict[str, tuple[int, float]],
