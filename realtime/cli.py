@@ -438,7 +438,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"hood: {100 * summary['hood']['share']:.1f} % of the frame labelled as the car's own "
                   f"(--hood {args.hood})", file=sys.stderr)
         video = summary.get("video")
-        if video:
+        if video and not video["frames"]:
+            print(f"nothing saved to {video['path']}: the run stopped before a frame reached it",
+                  file=sys.stderr)
+        elif video:
             width, height = video["size"] or (0, 0)
             resized = (f"; {video['resized']} frames of another size were resized to it"
                        if video["resized"] else "")
