@@ -316,6 +316,10 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_atomically(path, json.dumps(data, indent=2))
 
 
+# The signals that stop a job: Ctrl-C, and SIGTERM from a scheduler, `kill` or `timeout`.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler taking the machine back, `kill`, `timeout`): the job stops as on
     Ctrl-C, through the same clean-up."""
@@ -437,7 +441,7 @@ def interrupt_deferred() -> Iterator[None]:
     message."""
     caught: list[int] = []
     previous = {signum: signal.signal(signum, lambda number, _frame: caught.append(number))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+                for signum in STOP_SIGNALS}
     try:
         yield
     finally:

@@ -223,13 +223,11 @@ class RunRecorder:
         finished: list[tuple[str, int, int]] = []
         for index, sample in inside:
             for tid, (name, ns) in sample.items():
-                role = thread_role(tid, name)
-                if tid in seen and (seen[tid][0] != role or ns < seen[tid][2]):
+                role, known = thread_role(tid, name), seen.get(tid)
+                if known and (known[0] != role or ns < known[2]):
                     finished.append(seen.pop(tid))  # the id was reused by a new thread
-                if tid in seen:
-                    seen[tid] = (role, seen[tid][1], ns)
-                else:
-                    seen[tid] = (role, ns if index == start else 0, ns)
+                    known = None
+                seen[tid] = (role, known[1] if known else (ns if index == start else 0), ns)
         groups: dict[str, float] = {}
         for role, at_start, last_seen in [*seen.values(), *finished]:
             groups[role] = groups.get(role, 0.0) + (last_seen - at_start) / 1e6 / outputs
