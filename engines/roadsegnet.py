@@ -135,6 +135,14 @@ class WindowedAverage(nn.Module):
         return self.across(self.down(x))[..., :x.shape[-2], :x.shape[-1]]
 
 
+def context_pool(crop: tuple[int, int] | None, stride: int) -> nn.Module:
+    """The pooling of a context vector: over the whole map (crop None), or over windows of a
+    `crop` of input pixels on a map `stride` times smaller."""
+    if crop is None:
+        return nn.AdaptiveAvgPool2d(1)
+    return WindowedAverage((max(1, round(crop[0] / stride)), max(1, round(crop[1] / stride))))
+
+
 def check_context_window(window: tuple[int, int]) -> None:
     """Raise ValueError (one line) for a context window smaller than one 1/16 cell."""
     if min(window) < CONTEXT_STRIDE:
@@ -174,11 +182,7 @@ class RoadSegNet(nn.Module):
         """Pool the context vector over windows the size of a `crop` (input pixels) around each
         position instead of over the whole input (None: the whole input, as trained). The
         weights are untouched, so any checkpoint takes either; returns self."""
-        if crop is None:
-            self.global_context[0] = nn.AdaptiveAvgPool2d(1)
-        else:
-            self.global_context[0] = WindowedAverage((max(1, round(crop[0] / CONTEXT_STRIDE)),
-                                                      max(1, round(crop[1] / CONTEXT_STRIDE))))
+        self.global_context[0] = context_pool(crop, CONTEXT_STRIDE)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -264,11 +268,7 @@ class LiteSegNet(nn.Module):
 
     def pool_context_over(self, crop: tuple[int, int] | None) -> LiteSegNet:
         """As RoadSegNet.pool_context_over, on the 1/32 map."""
-        if crop is None:
-            self.global_context[0] = nn.AdaptiveAvgPool2d(1)
-        else:
-            self.global_context[0] = WindowedAverage((max(1, round(crop[0] / self.context_stride)),
-                                                      max(1, round(crop[1] / self.context_stride))))
+        self.global_context[0] = context_pool(crop, self.context_stride)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
