@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         choices=["onnxruntime", "openvino"],
                         help="CPU runtimes the accuracy report runs the lowered model on "
                              "(default: every one installed)")
-    parser.add_argument("--exclude", nargs="*", help="node names to keep in float")
+    parser.add_argument("--exclude", nargs="*",
+                        help="node names, or shell-style patterns of them (\"*/stem/*\"), to keep in float")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="calibration cache (activation ranges; default $ROADSEG_CACHE/calibration, "
                              "~/.cache/roadseg/calibration); reused when nothing changed")

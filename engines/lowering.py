@@ -17,6 +17,8 @@ activation ranges are cached per model, frames and method.
 
 from __future__ import annotations
 
+import fnmatch
+
 import logging
 import time
 from pathlib import Path
@@ -117,6 +119,20 @@ class FrameReader(CalibrationDataReader):
         return len(self.frames)
 
 
+def matching_nodes(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
+    """The graph's node names that match any of `patterns` (exact names or shell-style globs,
+    e.g. "*/stem/*"); ValueError (one line) for a pattern that matches none."""
+    names = [node.name for node in model.graph.node]
+    matched: list[str] = []
+    for pattern in patterns:
+        hits = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        if not hits:
+            raise ValueError(f"--exclude {pattern!r} matches no node of the model; node names look "
+                             f"like {names[0]!r}")
+        matched += [name for name in hits if name not in matched]
+    return matched
+
+
 def quantize_int8(onnx_in: Path, onnx_out: Path, frames: np.ndarray, method: str = "percentile",
                   cache_path: Path | None = None, exclude_nodes: list[str] | None = None,
                   activations: str = "s8") -> Path:
@@ -136,13 +152,14 @@ def quantize_int8(onnx_in: Path, onnx_out: Path, frames: np.ndarray, method: str
     if model.opset_import[0].version < 13:
         raise ValueError(f"{onnx_in} uses opset {model.opset_import[0].version}; per-channel Q/DQ "
                          "needs opset 13 or newer: re-export with a newer opset")
+    excluded = matching_nodes(model, exclude_nodes or [])
     input_name = model.graph.input[0].name
     reader = FrameReader(input_name, frames)
     quantize_static(
         str(onnx_in), str(onnx_out), reader, quant_format=QuantFormat.QDQ,
         op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=False,
         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, nodes_to_exclude=exclude_nodes or [],
+        weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
         calibrate_method=methods[method],
         calibration_cache_path=str(cache_path) if cache_path else None,
         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
@@ -152,7 +169,7 @@ def quantize_int8(onnx_in: Path, onnx_out: Path, frames: np.ndarray, method: str
     record_precision(quantized, "int8", {
         "tool": "onnxruntime quantize_static (QDQ)", "calibration_method": method,
         "activations": activations, "calibration_frames": int(len(frames)),
-        "excluded_nodes": exclude_nodes or []})
+        "excluded_nodes": excluded, "exclude_patterns": exclude_nodes or []})
     onnx.save(quantized, str(onnx_out))
     return onnx_out
 

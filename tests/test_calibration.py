@@ -10,7 +10,7 @@ import pytest
 import engines
 from engines.contract import INT8_BUDGET_POINTS, accuracy_within_budget, int8_sibling, read_metadata
 from engines.frames import _evenly, sample_frames
-from engines.lowering import lower_precision, qdq_facts
+from engines.lowering import lower_precision, matching_nodes, qdq_facts
 from calibration.report import accuracy_report
 from helpers import camvid_or_skip, write_video
 
@@ -110,3 +110,26 @@ def test_accuracy_report_runs_a_model_at_its_own_input_size():
     row = report["results"]["onnxruntime int8"]
     assert report["results"]["onnxruntime fp32"]["agreement_with_fp32"] == 1.0
     assert 0.98 < row["agreement_with_fp32"] < 1.0 and row["mean_iou"] > 0.5
+
+
+def test_layers_kept_in_float_are_named_or_matched_by_pattern(tmp_path):
+    # --exclude takes node names or shell-style patterns; the INT8 model keeps exactly those
+    # convolutions in float (no Q/DQ on their weights) and records what was excluded; a pattern
+    # that matches nothing is refused in one line rather than silently quantising everything.
+    model = onnx.load(str(engines.DEFAULT_MODEL))
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    stem = matching_nodes(model, ["*/stem/*"])
+    assert stem and all("/stem/" in name for name in stem)
+    assert matching_nodes(model, [convs[-1], "*/stem/*"]) == [convs[-1], *stem]
+    with pytest.raises(ValueError, match="matches no node"):
+        matching_nodes(model, ["*/no-such-layer/*"])
+    frames = sample_frames(camvid_or_skip() / "train", 4, (360, 480))
+    out, _ = lower_precision(engines.DEFAULT_MODEL, "int8", tmp_path / "m.int8.onnx", frames,
+                             cache_dir=tmp_path, exclude=["*/stem/*"])
+    quantized = onnx.load(str(out))
+    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    stem_convs = [n for n in quantized.graph.node if n.op_type == "Conv" and "/stem/" in n.name]
+    other_convs = [n for n in quantized.graph.node if n.op_type == "Conv" and "/stem/" not in n.name]
+    assert stem_convs and not any(n.input[1] in dequantized for n in stem_convs)
+    assert all(n.input[1] in dequantized for n in other_convs)
+    assert read_metadata(quantized)["lowering"]["exclude_patterns"] == ["*/stem/*"]
