@@ -18,7 +18,6 @@ activation ranges are cached per model, frames and method.
 from __future__ import annotations
 
 import fnmatch
-
 import logging
 import time
 from pathlib import Path

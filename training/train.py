@@ -564,19 +564,19 @@ def main(args: argparse.Namespace) -> int:
                   f"(pass a larger --epochs to extend the schedule, or --init to start a new one)")
             return 0
         print(f"resumed from {args.resume} at epoch {start_epoch}")
-    elif not start_from and args.model_size in PRETRAINABLE and args.pretrained == "imagenet":
+    elif args.init:
+        # A warm restart (SGDR-style): the weights carry over, the optimizer and LR curve start anew.
+        # Epochs behind these weights, so exported provenance counts the whole chain.
+        args.prior_epochs = total_epochs(checkpoint)
+        print(f"initialised from {args.init} ({args.prior_epochs} epochs behind it); "
+              f"new schedule of {args.epochs} epochs")
+    elif args.model_size in PRETRAINABLE and args.pretrained == "imagenet":
         try:
             copied = load_imagenet_encoder(model)
         except (ImportError, OSError, ValueError) as error:
             print(f"error: {error}")
             return 2
         print(f"encoder from EfficientNet-Lite0's ImageNet weights ({copied} tensors)")
-    if args.init:
-        # A warm restart (SGDR-style): the weights carry over, the optimizer and LR curve start anew.
-        # Epochs behind these weights, so exported provenance counts the whole chain.
-        args.prior_epochs = total_epochs(checkpoint)
-        print(f"initialised from {args.init} ({args.prior_epochs} epochs behind it); "
-              f"new schedule of {args.epochs} epochs")
     if args.amp == "auto":
         args.amp = faster_autocast(model, train_images, train_labels, weights, args)
     print(f"model {args.model_size}: {count_parameters(model) / 1e6:.3f} M parameters; "
