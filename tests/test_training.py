@@ -709,6 +709,7 @@ def test_mixstyle_layers_train_and_are_recorded_in_the_exported_recipe(tmp_path)
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     recipe = export_cli.checkpoint_provenance(checkpoint, out / "last.pt")["recipe"]
     assert recipe["mixstyle"] == 1.0 and recipe["mixstyle_layers"] == ["stem", "stage8"]
+    assert recipe["pretrained"] == "none"  # RoadSegNet's own sizes start from scratch
     with pytest.raises(SystemExit):
         train.parse_args(["--mixstyle-layers", "classifier"])  # not a stage that carries style
 

@@ -45,8 +45,8 @@ from engines.checkpoint import CheckpointError, load_checkpoint_model, read_chec
 from engines.frames import FramesError, listed_names, sample_frames
 from engines.contract import DEFAULT_INPUT_SIZE
 from engines.contract_wrapper import FlipScaleAverage, preprocess_bgr
-from engines.roadsegnet import (IBN_STAGES, PRETRAINABLE, RoadSegNet, build_model, check_context_window,
-                                count_parameters, fit_batchnorm_state)
+from engines.roadsegnet import (CONFIGS, IBN_STAGES, PRETRAINABLE, RoadSegNet, build_model,
+                                check_context_window, count_parameters, fit_batchnorm_state)
 from engines.tool import run_tool
 from training.pretrained import load_imagenet_encoder
 
@@ -652,7 +652,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--splits", nargs="+", default=["train"], help="training splits (train, val)")
     parser.add_argument("--out", type=Path, default=Path("runs/base"))
-    parser.add_argument("--model-size", default="base", choices=["small", "base", "large", "lite0"],
+    parser.add_argument("--model-size", default="base", choices=[*CONFIGS, *PRETRAINABLE],
                         help="RoadSegNet's own sizes, or lite0: EfficientNet-Lite0's encoder with "
                              "RoadSegNet's decoder")
     parser.add_argument("--pretrained", choices=["imagenet", "none"], default="imagenet",
@@ -779,6 +779,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     args.prior_epochs = 0  # set by --init; --resume keeps the value stored in the checkpoint
+    if args.model_size not in PRETRAINABLE:
+        args.pretrained = "none"  # RoadSegNet's own sizes start from scratch; the recipe says so
     if args.resume and args.init:
         parser.error("--resume continues a run and --init starts a new one from its weights; pass one")
     if args.teacher_tta and not args.teacher:
