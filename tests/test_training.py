@@ -115,6 +115,34 @@ def test_weight_decay_scope_weights_spares_batchnorm_and_biases(tiny_run, capsys
     assert "another --weight-decay-scope" in capsys.readouterr().out
 
 
+def test_encoder_lr_scale_slows_the_encoder_only(tmp_path, capsys):
+    # Every parameter sits in exactly one group; the encoder's groups carry the scale.
+    model = build_model("lite0")
+    groups = train.parameter_groups(model, 1e-4, "weights", 0.1)
+    grouped = [id(p) for group in groups for p in group["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+    scale_of = {id(p): group["lr_scale"] for group in groups for p in group["params"]}
+    for name, p in model.named_parameters():
+        assert scale_of[id(p)] == (0.1 if name.split(".")[0] in ("stem", "stage4", "stage8",
+                                                                 "stage16", "stage32") else 1.0)
+    # A real run applies it: the optimizer's saved learning rates differ tenfold.
+    out = tmp_path / "run"
+    common = ["--data", str(camvid_or_skip()), "--limit", "2", "--crop", "96", "128", "--scale",
+              "0.3", "0.3", "--batch-size", "2", "--model-size", "lite0", "--pretrained", "none",
+              "--threads", "2", "--out", str(out), "--no-progress"]
+    assert train.main(train.parse_args([*common, "--epochs", "1", "--encoder-lr-scale", "0.1"])) == 0
+    saved = torch.load(out / "last.pt", weights_only=False)["optimizer"]["param_groups"]
+    lrs = {group["lr_scale"]: group["lr"] for group in saved}
+    assert lrs[0.1] == pytest.approx(0.1 * lrs[1.0]) and lrs[1.0] > 0
+    # Resuming with another scale is one line and exit 2, not a silently different schedule.
+    capsys.readouterr()
+    assert train.main(train.parse_args([*common, "--epochs", "2", "--resume",
+                                        str(out / "last.pt")])) == 2
+    assert "--encoder-lr-scale 0.1" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train.parse_args([*common, "--encoder-lr-scale", "0"])
+
+
 def test_ctrl_c_keeps_a_resumable_checkpoint(tmp_path):
     out = tmp_path / "run"
     common = ["--data", str(camvid_or_skip()), "--limit", "2", "--crop", "96", "128", "--scale",

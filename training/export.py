@@ -44,7 +44,7 @@ RECIPE_KEYS = ("lr", "batch_size", "crop", "scale", "seed", "final_crop", "final
                "copy_paste", "ema", "adapt", "adapt_frames", "adapt_weight", "adapt_threshold",
                "class_weights", "lovasz", "label_smoothing", "jitter", "context_window", "roll",
                "ohem", "mixstyle", "mixstyle_layers", "road_colour",
-               "class_colour", "instance_norm", "pretrained")
+               "class_colour", "instance_norm", "pretrained", "encoder_lr_scale")
 DISTILL_KEYS = ("teacher", "teacher_tta", "distill_weight", "distill_temperature")
 
 

@@ -48,7 +48,7 @@ from engines.contract_wrapper import FlipScaleAverage, preprocess_bgr
 from engines.roadsegnet import (CONFIGS, IBN_STAGES, PRETRAINABLE, RoadSegNet, build_model,
                                 check_context_window, count_parameters, fit_batchnorm_state)
 from engines.tool import run_tool
-from training.pretrained import load_imagenet_encoder
+from training.pretrained import ENCODER_MODULES, load_imagenet_encoder
 
 AUX_WEIGHT = 0.4
 AUX_LABEL_STRIDE = 4
@@ -288,15 +288,29 @@ def faster_autocast(model: RoadSegNet, images: torch.Tensor, labels: torch.Tenso
     return min(seconds, key=seconds.get)
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float, scope: str) -> list[dict[str, Any]]:
-    """AdamW parameter groups: `all` decays every parameter (one group, the recipe so far);
-    `weights` decays convolution weights only and leaves BatchNorm scales and shifts and biases
-    alone, as ConvNeXt and timm do: a strong decay would otherwise shrink the normalisation."""
-    if scope == "all":
-        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+def parameter_groups(model: torch.nn.Module, weight_decay: float, scope: str,
+                     encoder_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW parameter groups: `all` decays every parameter (the recipe so far); `weights`
+    decays convolution weights only and leaves BatchNorm scales and shifts and biases alone,
+    as ConvNeXt and timm do: a strong decay would otherwise shrink the normalisation.
+    Each group carries an `lr_scale`: the encoder's is `encoder_lr_scale`, so ImageNet
+    features are fine-tuned more gently than the decoder that starts from nothing."""
     named = list(model.named_parameters())
-    return [{"params": [p for _, p in named if p.ndim > 1], "weight_decay": weight_decay},
-            {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0}]
+    parts = [(named, 1.0)]  # one set of groups, as checkpoints made before the scale have
+    if encoder_lr_scale != 1.0:
+        parts = [([(n, p) for n, p in named if n.startswith(ENCODER_MODULES)], encoder_lr_scale),
+                 ([(n, p) for n, p in named if not n.startswith(ENCODER_MODULES)], 1.0)]
+    groups: list[dict[str, Any]] = []
+    for part, lr_scale in parts:
+        if scope == "all":
+            groups.append({"params": [p for _, p in part], "weight_decay": weight_decay,
+                           "lr_scale": lr_scale})
+            continue
+        groups += [{"params": [p for _, p in part if p.ndim > 1], "weight_decay": weight_decay,
+                    "lr_scale": lr_scale},
+                   {"params": [p for _, p in part if p.ndim <= 1], "weight_decay": 0.0,
+                    "lr_scale": lr_scale}]
+    return groups
 
 
 def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
@@ -325,7 +339,7 @@ def train_one_epoch(model: RoadSegNet, optimizer: torch.optim.Optimizer, images:
         # Schedule: learning rate from the global step, so resuming continues the same curve.
         lr = poly_lr(args.lr, epoch * steps_per_epoch + step, total_steps, args.warmup_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         # Augment on the training device; images stay uint8 BGR like the deployed model's input.
         batch_images, batch_labels = augment_batch(images[index], labels[index], crop,
                                                    tuple(args.scale), generator, TRAIN_IGNORE,
@@ -493,7 +507,8 @@ def main(args: argparse.Namespace) -> int:
     model.pool_context_over(tuple(args.context_window) if args.context_window else None)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay, args.weight_decay_scope),
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay, args.weight_decay_scope,
+                                                   args.encoder_lr_scale),
                                   lr=args.lr)
     # An exponential moving average of the weights (and BatchNorm statistics), evaluated beside them.
     ema = (torch.optim.swa_utils.AveragedModel(
@@ -538,6 +553,11 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: {args.resume} was trained with --context-window "
                   f"{' '.join(map(str, trained_window)) if trained_window else '(none)'}; resume "
                   "with the options it was started with")
+            return 2
+        trained_scale = checkpoint["args"].get("encoder_lr_scale", 1.0)
+        if trained_scale != args.encoder_lr_scale:
+            print(f"error: {args.resume} was trained with --encoder-lr-scale {trained_scale}; "
+                  "resume with the options it was started with")
             return 2
         try:
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -667,6 +687,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weight-decay-scope", choices=["all", "weights"], default="all",
                         help="all: every parameter decays (default); weights: convolution weights "
                              "only, not BatchNorm or biases (for a strong decay such as 0.05)")
+    parser.add_argument("--encoder-lr-scale", type=float, default=1.0, metavar="FACTOR",
+                        help="the encoder's learning rate as a share of --lr (0.1: pretrained "
+                             "features move ten times slower than the decoder)")
     parser.add_argument("--warmup-steps", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=1,
                         help="validate every N epochs (CPU runs use 5-10 to save time)")
@@ -807,6 +830,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.ohem and args.label_smoothing:
         parser.error("--ohem and --label-smoothing both change the main head's cross-entropy; "
                      "pass one")
+    if not 0 < args.encoder_lr_scale <= 1:
+        parser.error(f"--encoder-lr-scale {args.encoder_lr_scale}: a share of --lr above 0, up to 1")
     if args.lovasz < 0:
         parser.error(f"--lovasz {args.lovasz}: a loss weight, 0 or more")
     if not 0 <= args.label_smoothing < 1:
