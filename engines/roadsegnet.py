@@ -16,8 +16,9 @@ Design notes (why, not what):
 
 RoadSegNet-lite0 (`LiteSegNet`) puts the same decoder on EfficientNet-Lite0's encoder (Tan & Le,
 2019; the Lite variant has ReLU6 and no squeeze-excitation, so it exports and quantises cleanly),
-so that it can start from ImageNet weights (training.pretrained): 266 frames of three drives
-teach one network too little about the world to recognise a drive it never saw.
+so that it can start from ImageNet weights (training.pretrained): 266 frames of two drives
+teach one network too little about the world to recognise a drive it never saw. lite1 and lite2
+are EfficientNet's own compound scaling of that encoder (deeper; lite2 also wider), same decoder.
 """
 
 from __future__ import annotations
