@@ -20,7 +20,7 @@ from helpers import REPO, camvid_or_skip, write_camvid_video
 import engines
 from training import evaluate as evaluate_cli
 from training import export as export_cli
-from training import bench_runtimes, compare, frontier, train
+from training import bench_runtimes, compact, compare, frontier, train
 from engines.camvid import CamVid
 from training.augment import CopyPaste, MixStyle, class_mix
 from training.data import augment_batch, load_splits, void_to_train_labels
@@ -72,6 +72,37 @@ def test_checkpoint_reloads_strictly_and_resumes(tiny_run):
                              "--resume", str(out / "last.pt")])
     assert train.main(args) == 0
     assert load_checkpoint_model(out / "last.pt")[1]["epoch"] == 12
+
+
+def test_a_compact_checkpoint_resumes_the_run(tiny_run, tmp_path, capsys):
+    # The compact form of a run's last.pt is a fraction of its size, keeps the weights and AdamW's
+    # second moments (bfloat16) and resumes the run on the same schedule.
+    out, _ = tiny_run
+    full = torch.load(out / "last.pt", weights_only=True)
+    small_path = tmp_path / "run.resume.pt"
+    assert compact.main(compact.parse_args([str(out / "last.pt"), str(small_path)])) == 0
+    assert small_path.stat().st_size < 0.4 * (out / "last.pt").stat().st_size
+    run = tmp_path / "resumed"
+    args = train.parse_args(["--data", str(camvid_or_skip()), "--limit", "2", "--crop", "96", "128",
+                             "--scale", "0.3", "0.3", "--batch-size", "2",
+                             "--epochs", str(full["epoch"] + 2), "--lr", "1e-2", "--warmup-steps",
+                             "1", "--model-size", "small", "--out", str(run), "--no-progress",
+                             "--resume", str(small_path)])
+    small = torch.load(small_path, weights_only=True)
+    for key, value in full["model"].items():
+        assert torch.equal(small["model"][key], value.bfloat16() if value.is_floating_point() else value)
+    assert train.main(args) == 0
+    resumed = torch.load(run / "last.pt", weights_only=True)
+    assert resumed["epoch"] == full["epoch"] + 1
+    first = next(iter(full["optimizer"]["state"]))
+    assert resumed["optimizer"]["state"][first]["step"] > full["optimizer"]["state"][first]["step"]
+    # A compact file is not compacted again, and what is not a checkpoint is one line, exit 2.
+    capsys.readouterr()
+    assert compact.main(compact.parse_args([str(small_path), str(tmp_path / "again.pt")])) == 2
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    assert compact.main(compact.parse_args([str(tmp_path / "notes.pt"), str(tmp_path / "x.pt")])) == 2
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: ") for line in lines), lines
 
 
 def test_a_checkpoint_that_does_not_fit_the_run_is_one_line(tiny_run, tmp_path, capsys):

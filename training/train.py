@@ -48,6 +48,7 @@ from engines.contract_wrapper import FlipScaleAverage, preprocess_bgr
 from engines.roadsegnet import (CONFIGS, IBN_STAGES, PRETRAINABLE, RoadSegNet, build_model,
                                 check_context_window, count_parameters, fit_batchnorm_state)
 from engines.tool import run_tool
+from training.compact import expand_optimizer_state
 from training.pretrained import ENCODER_MODULES, load_imagenet_encoder
 
 AUX_WEIGHT = 0.4
@@ -560,18 +561,19 @@ def main(args: argparse.Namespace) -> int:
                   "resume with the options it was started with")
             return 2
         try:
-            optimizer.load_state_dict(checkpoint["optimizer"])
+            optimizer.load_state_dict(expand_optimizer_state(checkpoint))
         except ValueError:
             print(f"error: {args.resume} was trained with another --weight-decay-scope; resume "
                   "with the options it was started with")
             return 2
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
-        if ema is not None:
-            if "ema" not in checkpoint:
-                print(f"error: {args.resume} has no weight average; resume without --ema")
-                return 2
+        if ema is not None and "ema" in checkpoint:
             ema.load_state_dict(checkpoint["ema"], strict=True)
+        elif ema is not None and not checkpoint.get("compact"):
+            print(f"error: {args.resume} has no weight average; resume without --ema")
+            return 2
+        # A compact checkpoint's average starts again from the weights at the first step.
         if swa is not None:
             if "swa" not in checkpoint:
                 print(f"error: {args.resume} has no epoch average; resume without --swa-from")
