@@ -16,11 +16,11 @@ import importlib
 import torch
 
 from engines.contract_wrapper import MEAN_BGR, STD_BGR
-from engines.roadsegnet import LiteSegNet
+from engines.roadsegnet import LITE_MODULE_STAGES, LiteSegNet
 
 # EfficientNet-Lite's own input scaling (the TPU reference implementation's MEAN_RGB, STDDEV_RGB).
 LITE_MEAN, LITE_STD = 127.0, 128.0
-ENCODER_MODULES = ("stem.", "stage4.", "stage8.", "stage16.", "stage32.")
+ENCODER_MODULES = tuple(f"{name}." for name in LITE_MODULE_STAGES)  # state-dict key prefixes
 IMAGENET_HEAD = ("_conv_head.", "_bn1.", "_fc.")
 
 

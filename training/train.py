@@ -568,12 +568,12 @@ def main(args: argparse.Namespace) -> int:
             return 2
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
+        # A compact checkpoint carries no average: it starts again from the weights at the first step.
         if ema is not None and "ema" in checkpoint:
             ema.load_state_dict(checkpoint["ema"], strict=True)
         elif ema is not None and not checkpoint.get("compact"):
             print(f"error: {args.resume} has no weight average; resume without --ema")
             return 2
-        # A compact checkpoint's average starts again from the weights at the first step.
         if swa is not None:
             if "swa" not in checkpoint:
                 print(f"error: {args.resume} has no epoch average; resume without --swa-from")
