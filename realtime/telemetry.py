@@ -87,6 +87,28 @@ def threads_cpu_ns() -> dict[int, tuple[str, int]]:
     return threads
 
 
+# A snapshot is retried when the process spent more CPU than this while it was read: other
+# threads ran meanwhile (the reader was preempted on a busy machine), so the per-thread counts
+# and the process total would disagree by that much.
+SNAPSHOT_SLACK_S = 0.001
+
+
+def threads_snapshot(tries: int = 3) -> tuple[float, dict[int, tuple[str, int]]]:
+    """The process's CPU seconds and every thread's CPU (threads_cpu_ns), read together: the
+    total is the midpoint of readings taken just before and after the threads, and of up to
+    `tries` reads the one with the smallest gap between them is kept."""
+    best_gap, best = float("inf"), (0.0, {})
+    for _ in range(tries):
+        before = time.process_time()
+        threads = threads_cpu_ns()
+        after = time.process_time()
+        if after - before < best_gap:
+            best_gap, best = after - before, ((before + after) / 2, threads)
+        if best_gap <= SNAPSHOT_SLACK_S:
+            break
+    return best
+
+
 def thread_role(tid: int, name: str) -> str:
     """The group a thread's CPU is reported under: the pipeline's own threads by name
     (rs-inference x N summed), FFmpeg's by codec (av:h264:df0, df1 → av:h264:df), the main
@@ -150,15 +172,15 @@ class RunRecorder:
         # runtimes' and FFmpeg's included): what a frame costs once start-up is over.
         self.output_times = array("d")
         self.output_cpu = array("d")
-        # (output index, every thread's CPU then), every `thread_every` outputs.
-        self.thread_samples: list[tuple[int, dict[int, tuple[str, int]]]] = []
+        # (output index, process CPU seconds, every thread's CPU), every `thread_every` outputs.
+        self.thread_samples: list[tuple[int, float, dict[int, tuple[str, int]]]] = []
         self.thread_every = THREAD_SAMPLE_EVERY
 
     def add(self, timings: dict[str, float]) -> None:
         self.output_times.append(time.perf_counter())
         self.output_cpu.append(time.process_time())
         if self.frames % self.thread_every == 0:
-            self.thread_samples.append((self.frames, threads_cpu_ns()))
+            self.thread_samples.append((self.frames, *threads_snapshot()))
             if len(self.thread_samples) > THREAD_SAMPLES_KEPT:  # bounded memory on long runs
                 self.thread_samples = self.thread_samples[::2]
                 self.thread_every *= 2
@@ -212,7 +234,7 @@ class RunRecorder:
         ended thread's time, a thread too brief to be sampled) is "ended threads".
         {} without two samples in the window (short runs, not Linux)."""
         first, last = int(self.frames * trim), self.frames - 1 - int(self.frames * trim)
-        inside = [(index, sample) for index, sample in self.thread_samples
+        inside = [(index, process_s, sample) for index, process_s, sample in self.thread_samples
                   if first <= index <= last and sample]
         if len(inside) < 2:
             return {}
@@ -221,7 +243,7 @@ class RunRecorder:
         # Per thread: its role, its CPU at the window's start (0 if it began later) and last seen.
         seen: dict[int, tuple[str, int, int]] = {}
         finished: list[tuple[str, int, int]] = []
-        for index, sample in inside:
+        for index, _, sample in inside:
             for tid, (name, ns) in sample.items():
                 role, known = thread_role(tid, name), seen.get(tid)
                 if known and (known[0] != role or ns < known[2]):
@@ -231,7 +253,9 @@ class RunRecorder:
         groups: dict[str, float] = {}
         for role, at_start, last_seen in [*seen.values(), *finished]:
             groups[role] = groups.get(role, 0.0) + (last_seen - at_start) / 1e6 / outputs
-        process_ms = (self.output_cpu[end] - self.output_cpu[start]) * 1000 / outputs
+        # The process's CPU read with the same samples, so that live threads and ended ones add
+        # up to it.
+        process_ms = (inside[-1][1] - inside[0][1]) * 1000 / outputs
         groups["ended threads"] = max(0.0, process_ms - sum(groups.values()))
         return {"threads_cpu_ms_per_frame": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
                 "threads_window": [start, end], "threads_window_process_cpu_ms_per_frame": process_ms}

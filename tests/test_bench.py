@@ -160,7 +160,7 @@ def test_threads_cpu_names_the_threads_that_spent_it():
     long = RunRecorder()
     for _ in range(20000):
         long.add({})
-    indices = [index for index, _ in long.thread_samples]
+    indices = [index for index, _, _ in long.thread_samples]
     assert len(indices) <= 129 and len(set(np.diff(indices))) == 1
     assert long.threads_cpu()["threads_window"][0] <= 0.1 * 20000 + indices[1]
     # Too short a run for two samples inside its steady window reports nothing.
