@@ -146,10 +146,11 @@ def test_threads_cpu_names_the_threads_that_spent_it():
     assert account["threads_window"] == [32, 176]
     # The spinner had a core's share of every interval; the sleeping main thread hardly any.
     assert threads["rs-spinner"] > 5 * threads["main"]
-    # The brief thread is gone by the end of the window: its 300 CPU ms show as ended threads
-    # (give or take what Linux has not yet added to a running thread's count when it is read).
+    # The brief thread is gone by the end of the window: its 300 CPU ms show as ended threads,
+    # with what the passing thread spent after its last sample (each sample reads the process's
+    # CPU with the threads', so only a running thread's last tick, a few ms, is unaccounted).
     assert "rs-brief" not in threads
-    assert threads["ended threads"] * 144 > 200
+    assert threads["ended threads"] * 144 > 290
     # The thread that spun across samples (outputs 70-120) is reported under its role, though
     # it has ended: at least the CPU seen from its start to its last sample (outputs 80-112).
     assert threads["av:h264:df"] * 144 > 20
