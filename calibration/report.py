@@ -10,7 +10,8 @@ import numpy as np
 
 import engines
 from engines.camvid import CamVid
-from engines.metrics import engine_labels, score_label_maps
+from engines.frame_fit import engine_labels
+from engines.metrics import score_label_maps
 
 # Accuracy budgets from the TensorRT issue: mIoU points lost against FP32.
 BUDGET_POINTS = {"fp16": 0.1, "int8": 0.5}

@@ -1,7 +1,8 @@
 """Engines: one interface (`Engine`), small backends chosen by model file suffix.
 
     engine = engines.load("engines/models/roadseg.onnx")   # or a shipped name: "roadseg-360x270"
-    labels = engine.infer(images)        # uint8 BGR [N, H, W, 3] → class ids [N, H, W]
+    labels = engine.infer(images)        # uint8 BGR [N, H, W, 3] at its input size → class ids
+    labels = engines.segment(engine, frame)   # a frame of any size → class ids at its size
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any
 from engines import autoselect
 from engines.autoselect import Choice
 from engines.base import Backend, Engine, EngineError, EngineInfo
+from engines.frame_fit import segment
 from engines.labels import LabelsError, load_labels_file
 
 __all__ = ["Engine", "EngineError", "EngineInfo", "Backend", "BACKENDS", "DEFAULT_MODEL", "load",
-           "Choice", "backend_for", "backend_spec", "choose", "resolve_model", "shipped_models"]
+           "Choice", "backend_for", "backend_spec", "choose", "resolve_model", "segment", "shipped_models"]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "roadseg.onnx"

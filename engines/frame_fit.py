@@ -10,8 +10,12 @@ Two modes, as exports declare them (labels file "input": {"resize": ...}):
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import cv2
 import numpy as np
+
+from engines.base import Engine, EngineError
 
 RESIZE_MODES = ("stretch", "letterbox")
 PAD_VALUE = 114
@@ -65,3 +69,27 @@ def labels_to_frame(labels: np.ndarray, frame_size: tuple[int, int], input_size:
     if labels.shape == tuple(frame_size):
         return labels
     return cv2.resize(labels.astype(np.uint8), frame_size[::-1], interpolation=cv2.INTER_NEAREST)
+
+
+def engine_labels(engine: Engine, images: np.ndarray, batch_size: int = 1) -> Iterator[np.ndarray]:
+    """The engine's class ids for uint8 BGR frames, `batch_size` frames a call: frames fitted
+    to its input size, labels brought back to the frames' size (nearest), as the renderer does."""
+    frame_size = images.shape[1:3]
+    for start in range(0, len(images), batch_size):
+        batch = fit_frames(images[start:start + batch_size], engine.info.input_size, engine.info.resize)
+        for prediction in engine.infer(batch):
+            yield labels_to_frame(prediction, frame_size, engine.info.input_size, engine.info.resize)
+
+
+def segment(engine: Engine, images: np.ndarray) -> np.ndarray:
+    """Class ids at the frames' own size: a uint8 BGR frame [H, W, 3] of any size → [H, W], or
+    frames [N, H, W, 3] → [N, H, W]; one engine call a frame, as the app makes them."""
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim in (3, 4)
+            and images.shape[-1] == 3 and min(images.shape[-3:-1]) > 0):
+        got = (f"{images.dtype} {list(images.shape)}" if isinstance(images, np.ndarray)
+               else type(images).__name__)
+        raise EngineError(f"segment() takes a uint8 BGR frame [H, W, 3] or frames [N, H, W, 3] "
+                          f"(what cv2.imread gives), got {got}; check that the image was read")
+    if images.ndim == 3:
+        return next(engine_labels(engine, images[None]))
+    return np.stack(list(engine_labels(engine, images)))

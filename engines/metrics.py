@@ -4,13 +4,13 @@ calibration reports and benchmarks."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import cv2
 import numpy as np
 
 from engines.base import Engine
-from engines.frame_fit import fit_frames, labels_to_frame
+from engines.frame_fit import engine_labels
 from engines.labels import CAMVID_CLASSES, CAMVID_VOID, ClassInfo
 
 
@@ -114,16 +114,6 @@ def score_label_maps(pairs: Iterable[tuple[np.ndarray, np.ndarray]],
         matrix.update(prediction, truth)
     drivable = [c.id for c in classes if c.group == "drivable"]
     return matrix.summary([c.name for c in classes], drivable_ids=drivable)
-
-
-def engine_labels(engine: Engine, images: np.ndarray, batch_size: int = 1) -> Iterator[np.ndarray]:
-    """The engine's class ids for uint8 BGR frames, `batch_size` frames a call: frames fitted
-    to its input size, labels brought back to the frames' size (nearest), as the renderer does."""
-    frame_size = images.shape[1:3]
-    for start in range(0, len(images), batch_size):
-        batch = fit_frames(images[start:start + batch_size], engine.info.input_size, engine.info.resize)
-        for prediction in engine.infer(batch):
-            yield labels_to_frame(prediction, frame_size, engine.info.input_size, engine.info.resize)
 
 
 def evaluate_engine(engine: Engine, images: np.ndarray, labels: np.ndarray,

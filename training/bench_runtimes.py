@@ -29,8 +29,8 @@ import numpy as np
 import engines
 from engines.base import Engine, EngineError
 from engines.camvid import CamVid, DatasetError
-from engines.frame_fit import fit_frames
-from engines.metrics import engine_labels, score_label_maps
+from engines.frame_fit import engine_labels, fit_frames
+from engines.metrics import score_label_maps
 from engines.tool import run_tool
 
 
