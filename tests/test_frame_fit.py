@@ -53,8 +53,8 @@ def test_a_letterboxed_export_runs_end_to_end(assets, tmp_path):
 def readme_python_snippet() -> str:
     """The README's "From Python" example, as printed there."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index("### From Python"):]
-    return section[section.index("```python\n") + len("```python\n"):section.index("```\n", 10)]
+    start = text.index("```python\n", text.index("### From Python")) + len("```python\n")
+    return text[start:text.index("\n```\n", start) + 1]
 
 
 def test_the_readme_python_example_runs_on_a_real_frame(tmp_path):
